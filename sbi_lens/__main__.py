@@ -1,0 +1,7 @@
+"""``python -m sbi_lens`` runs the command line."""
+
+import sys
+
+from sbi_lens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""The ``sbi-lens`` command line: thin wrappers over the library.
+
+Every subcommand is ``main([...])``-callable for tests. User errors (bad config, store,
+image, shapes) print one line ``sbi-lens: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sbi_lens import __version__
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------- simulate
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate a training set into a zarr store")
+    p.add_argument("config", help="YAML config path or built-in name (quickstart, lsst_gri, ...)")
+    p.add_argument("--num", type=_positive_int, required=True, help="number of lenses")
+    p.add_argument("--out", required=True, help="store path (zarr folder) or fsspec URL")
+    p.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address, tcp://host:8786")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, help="lenses per chunk")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_simulate)
+
+
+def _simulate(args) -> int:
+    from sbi_lens.config import load_config
+    from sbi_lens.parallel import run_simulation
+
+    config = load_config(args.config)
+    if args.chunk_size is not None:
+        config = config.model_copy(update={"chunk_size": args.chunk_size})
+    store = run_simulation(
+        config,
+        args.num,
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
+    layout = store.layout
+    print(
+        f"{store.path}: {layout.num_simulations} lenses, bands {','.join(layout.bands)}, "
+        f"{layout.image_shape[0]}x{layout.image_shape[1]} px at {layout.pixel_scale}\" "
+        f"({layout.num_chunks} chunks, seed {store.seed})"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- show
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="montage of a store's images with their parameters")
+    p.add_argument("store", help="store path")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--num", type=_positive_int, default=16, help="images to show (default 16)")
+    p.set_defaults(handler=_show)
+
+
+def _show(args) -> int:
+    from sbi_lens.plots import plot_montage
+    from sbi_lens.store import SimulationStore
+
+    store = SimulationStore.open(args.store)
+    theta, x = store.load(limit=args.num)
+    path = plot_montage(x, theta, bands=store.layout.bands, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sbi-lens",
+        description="Simulation-based inference of strong-lens parameters with sbi.",
+    )
+    parser.add_argument("--version", action="version", version=f"sbi-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+_SUBCOMMANDS = [_add_simulate, _add_show]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        message = " ".join(str(error).split())
+        print(f"sbi-lens: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sbi-lens: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Validated configuration models (pydantic) for simulations.
+
+A YAML file maps onto :class:`SimulationConfig`. Every model forbids unknown keys,
+so a typo is reported with the field's path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sbi_lens.cosmology import DEFAULT_COSMOLOGY, get_cosmology
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- 1-D distributions
+class UniformDist(_Strict):
+    """Uniform on [low, high]."""
+
+    kind: Literal["uniform"] = "uniform"
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class TruncatedNormalDist(_Strict):
+    """Normal(mean, std) truncated to [low, high] (high may be omitted: no upper bound)."""
+
+    kind: Literal["truncated_normal"] = "truncated_normal"
+    mean: float
+    std: float = Field(gt=0)
+    low: float
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high is not None and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class ComovingVolumeDist(_Strict):
+    """Redshift density ∝ dV_c/dz on [low, high]: a non-evolving population."""
+
+    kind: Literal["comoving_volume"] = "comoving_volume"
+    low: float = Field(ge=0)
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+class VelocityDispersionFunctionDist(_Strict):
+    """Early-type velocity-dispersion function (Choi, Park & Vogeley 2007) on [low, high].
+
+    φ(σ) ∝ (σ/σ*)^α exp[-(σ/σ*)^β] / σ, with σ* = 161 km/s, α = 2.32, β = 2.67.
+    """
+
+    kind: Literal["velocity_dispersion_function"] = "velocity_dispersion_function"
+    low: float = Field(gt=0)
+    high: float
+    sigma_star: float = Field(161.0, gt=0)
+    alpha: float = 2.32
+    beta: float = Field(2.67, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        return self
+
+
+Distribution1D = Annotated[
+    UniformDist | TruncatedNormalDist | ComovingVolumeDist | VelocityDispersionFunctionDist,
+    Field(discriminator="kind"),
+]
+
+
+class ScatterConfig(_Strict):
+    """The factor f in θ_E = f² θ_SIS(σ_v): Normal(mean, std) (SLACS: 1.0, 0.065)."""
+
+    mean: float = Field(1.0, gt=0)
+    std: float = Field(0.065, ge=0)
+
+
+class PriorConfig(_Strict):
+    """Prior over θ = (z_lens, z_source, theta_E, sigma_v).
+
+    z_source is drawn from its distribution truncated to z_source > z_lens + min_separation.
+    θ_E follows from σ_v and the redshifts through the SIS relation and the scatter f;
+    ``theta_E_window`` keeps only systems with θ_E inside it (normalised correctly).
+    """
+
+    z_lens: Distribution1D = UniformDist(low=0.1, high=1.0)
+    z_source: Distribution1D = UniformDist(low=0.0, high=3.5)
+    min_separation: float = Field(0.3, ge=0)
+    sigma_v: Distribution1D = UniformDist(low=180.0, high=350.0)
+    scatter: ScatterConfig = ScatterConfig()
+    theta_E_window: tuple[float, float] | None = (0.5, 3.0)
+    cosmology: str = DEFAULT_COSMOLOGY
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.z_lens.low < 0:
+            raise ValueError("z_lens.low must be ≥ 0")
+        z_lens_high = self.z_lens.high if self.z_lens.high is not None else None
+        if z_lens_high is None:
+            raise ValueError("z_lens needs an upper bound (high)")
+        z_source_high = self.z_source.high
+        if z_source_high is not None and z_source_high <= z_lens_high + self.min_separation:
+            raise ValueError(
+                f"z_source.high ({z_source_high}) must exceed z_lens.high + min_separation "
+                f"({z_lens_high + self.min_separation})"
+            )
+        if z_source_high is None or z_source_high > 10:
+            raise ValueError("z_source.high must be given and ≤ 10")
+        if self.sigma_v.low <= 0:
+            raise ValueError("sigma_v.low must be > 0 km/s")
+        if self.theta_E_window is not None:
+            low, high = self.theta_E_window
+            if not 0 < low < high:
+                raise ValueError(f"theta_E_window must satisfy 0 < low < high, got {low}, {high}")
+        try:
+            get_cosmology(self.cosmology)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+
+# ---------------------------------------------------------------- observation
+SURVEY_BANDS = {
+    "LSST": ("u", "g", "r", "i", "z", "y"),
+    "DES": ("g", "r", "i", "z", "Y"),
+    "Euclid": ("VIS",),
+    "HST": ("WFC3_F160W", "F814W", "F160W", "F105W", "F125W", "F140W", "F475X", "F606W"),
+    "Roman": ("F062", "F087", "F106", "F129", "F158", "F184", "F146", "F213"),
+}
+
+
+class SurveyConfig(_Strict):
+    """Instrument and image settings; band properties come from lenstronomy's ObservationConfig."""
+
+    name: Literal["LSST", "DES", "Euclid", "HST", "Roman"] = "LSST"
+    bands: tuple[str, ...] = ("g", "r", "i")
+    coadd_years: float | None = 10
+    num_pixels: int = Field(64, ge=16, le=512)
+    pixel_scale: float | None = Field(None, gt=0)
+    supersampling: int = Field(2, ge=1, le=8)
+    psf_type: Literal["GAUSSIAN"] = "GAUSSIAN"
+
+    @model_validator(mode="after")
+    def _known_bands(self):
+        if not self.bands:
+            raise ValueError("bands must name at least one band")
+        known = SURVEY_BANDS[self.name]
+        unknown = [band for band in self.bands if band not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown band(s) {unknown} for survey {self.name}; expected some of {list(known)}"
+            )
+        if len(set(self.bands)) != len(self.bands):
+            raise ValueError(f"bands must be distinct, got {list(self.bands)}")
+        return self
+
+
+class PopulationConfig(_Strict):
+    """Scatter and ranges of the nuisance population (see docs/physics.md)."""
+
+    lens_ellipticity_std: float = Field(0.2, ge=0, le=0.5)
+    shear_std: float = Field(0.05, ge=0, le=0.3)
+    lens_centre_std: float = Field(0.05, ge=0)
+    faber_jackson_scatter: float = Field(0.3, ge=0)
+    size_scatter_dex: float = Field(0.1, ge=0)
+    source_luminosity_scatter: float = Field(0.5, ge=0)
+    source_size_scatter_dex: float = Field(0.15, ge=0)
+    source_max_offset: float = Field(0.6, gt=0, le=1.0)
+
+
+class SimulationConfig(_Strict):
+    """A whole simulation: prior, survey, population and chunking."""
+
+    name: str = "custom"
+    prior: PriorConfig = PriorConfig()
+    survey: SurveyConfig = SurveyConfig()
+    population: PopulationConfig = PopulationConfig()
+    chunk_size: int = Field(256, ge=1, le=65536)
+
+    def to_yaml(self) -> str:
+        """The configuration as YAML text (round-trips through :func:`load_config`)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    detail = f" (got {value!r})" if first["type"] in ("extra_forbidden",) else ""
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{source}: {location or '<root>'}: {message}{detail}"
+
+
+def parse_config(data: dict, source: str = "config") -> SimulationConfig:
+    """Validate a mapping as a :class:`SimulationConfig`.
+
+    Raises:
+        ConfigError: with one line naming the offending field.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_config(path_or_text: str | Path) -> SimulationConfig:
+    """Load a YAML config from a path, a built-in name (``quickstart``) or YAML text."""
+    from sbi_lens.resources import builtin_config_path
+
+    source = str(path_or_text)
+    if "\n" in source:  # YAML text, not a path
+        text, source = source, "config"
+    else:
+        candidate = Path(source)
+        if not candidate.exists():
+            builtin = builtin_config_path(source) if ":" not in source else None
+            if builtin is None:
+                raise ConfigError(f"config: no such file or built-in config: {source!r}")
+            candidate = builtin
+        text, source = candidate.read_text(), str(candidate)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}".splitlines()[0]) from None
+    return parse_config(data or {}, source)

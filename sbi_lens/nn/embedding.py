@@ -1,0 +1,187 @@
+"""Residual CNN that embeds multi-band lens cutouts into a feature vector.
+
+Input scaling is part of the network: ``asinh((x - offset_b) / scale_b)`` per band b,
+with offset/scale (sky level and noise level) fixed from training data by
+:meth:`LensResNet.fit_scaling`. The asinh stretch is linear around the noise level
+and logarithmic for bright pixels, so faint arcs and a bright lens galaxy both land
+in a range a CNN handles (astronomers use the same stretch for display,
+Lupton et al. 1999).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LensResNet"]
+
+_MAD_TO_SIGMA = 1.4826  # MAD → σ for Gaussian noise
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"norm must be 'group' or 'batch', got {kind!r}.")
+
+
+class _BasicBlock(nn.Module):
+    """Two 3×3 convolutions with a skip connection (1×1 conv when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            _norm(norm, c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            _norm(norm, c_out),
+        )
+        if stride != 1 or c_in != c_out:
+            self.skip = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), _norm(norm, c_out)
+            )
+        else:
+            self.skip = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class LensResNet(nn.Module):
+    """Residual CNN embedding for ``(bands, H, W)`` cutouts, any H, W ≥ ``min_size``.
+
+    Layout: asinh input scaling → strided 5×5 stem (halves H, W) → one stage per
+    entry of ``widths`` (each after the first halves H, W) → global average and max
+    pooling → linear layer to ``out_features``.
+
+    Args:
+        in_bands: Number of bands (channels) the images have.
+        out_features: Length of the embedding vector.
+        widths: Channels per stage.
+        blocks_per_stage: Residual blocks per stage.
+        norm: ``"group"`` (default; batch-size independent, same in train and eval)
+            or ``"batch"``.
+        min_size: Smallest accepted image side in pixels.
+    """
+
+    def __init__(
+        self,
+        in_bands: int = 3,
+        out_features: int = 64,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks_per_stage: int = 1,
+        norm: str = "group",
+        min_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if in_bands < 1:
+            raise ValueError(f"in_bands must be >= 1, got {in_bands}.")
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths must be a non-empty list of positive ints, got {widths}.")
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}.")
+        self.in_bands = in_bands
+        self.out_features = out_features
+        self.min_size = min_size
+
+        self.register_buffer("offset", torch.zeros(in_bands))
+        self.register_buffer("scale", torch.ones(in_bands))
+        self.register_buffer("fitted", torch.tensor(False))
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_bands, widths[0], 5, stride=2, padding=2, bias=False),
+            _norm(norm, widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        c_in = widths[0]
+        for i, c_out in enumerate(widths):
+            for j in range(blocks_per_stage):
+                stride = 2 if (i > 0 and j == 0) else 1
+                stages.append(_BasicBlock(c_in, c_out, stride, norm))
+                c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(2 * c_in, out_features)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit_scaling` has set the input scaling."""
+        return bool(self.fitted)
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(
+                f"LensResNet expects images of shape (batch, bands, H, W); got a "
+                f"tensor of rank {x.dim()} with shape {tuple(x.shape)}."
+            )
+        if x.shape[1] != self.in_bands:
+            raise ValueError(
+                f"LensResNet was built for {self.in_bands} band(s); got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})."
+            )
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"images must be at least {self.min_size}×{self.min_size} pixels; got "
+                f"{x.shape[-2]}×{x.shape[-1]}."
+            )
+
+    @torch.no_grad()
+    def fit_scaling(
+        self,
+        x: Tensor,
+        max_pixels: int = 2_000_000,
+        generator: torch.Generator | None = None,
+    ) -> LensResNet:
+        """Fix per-band offset (median) and scale (1.4826 × MAD, i.e. noise σ) from data.
+
+        Falls back to the standard deviation, then to 1, for bands whose MAD is 0
+        (e.g. noiseless simulations).
+
+        Args:
+            x: Training images, shape ``(N, bands, H, W)``, in the survey's flux units.
+            max_pixels: At most this many pixels per band are used (random subset).
+            generator: Source of randomness for the subset.
+
+        Returns:
+            ``self``, with the buffers ``offset``, ``scale`` (shape ``(bands,)``) set.
+        """
+        self._check(x)
+        pixels = x.detach().float().transpose(0, 1).reshape(self.in_bands, -1)
+        if not torch.isfinite(pixels).all():
+            raise ValueError("fit_scaling got non-finite pixel values (NaN or inf).")
+        if pixels.shape[1] > max_pixels:
+            idx = torch.randperm(pixels.shape[1], generator=generator)[:max_pixels]
+            pixels = pixels[:, idx]
+        offset = pixels.median(dim=1).values
+        mad = (pixels - offset[:, None]).abs().median(dim=1).values
+        scale = _MAD_TO_SIGMA * mad
+        std = pixels.std(dim=1)
+        scale = torch.where(scale > 0, scale, std)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.offset.copy_(offset)
+        self.scale.copy_(scale)
+        self.fitted.fill_(True)
+        return self
+
+    def scale_input(self, x: Tensor) -> Tensor:
+        """``asinh((x - offset) / scale)`` per band; shape preserved."""
+        return torch.asinh((x - self.offset[:, None, None]) / self.scale[:, None, None])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed images.
+
+        Args:
+            x: Images of shape ``(batch, bands, H, W)`` in flux units.
+
+        Returns:
+            Features of shape ``(batch, out_features)``.
+        """
+        self._check(x)
+        h = self.stages(self.stem(self.scale_input(x)))
+        pooled = torch.cat((h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))), dim=-1)
+        return self.head(pooled)

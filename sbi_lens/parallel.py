@@ -1,0 +1,206 @@
+"""Run simulation chunks in this process, on a local Dask process pool, or on a Dask cluster.
+
+Chunk k of a store is a pure function of (config, seed, k): its random streams come
+from ``numpy.random.SeedSequence([seed, k])``, never from global state, so the store
+is bit-identical whatever the number of workers, the order in which chunks run, or
+how often a run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sbi_lens.config import SimulationConfig, parse_config
+from sbi_lens.store import SimulationStore, StoreError
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk simulation produced."""
+
+    theta: np.ndarray  # (n, 4) float32
+    x: np.ndarray  # (n, bands, H, W) float32
+    nuisance: np.ndarray  # (n, k) float32
+
+
+def chunk_streams(seed: int, index: int) -> tuple[torch.Generator, np.random.Generator]:
+    """Independent random streams for chunk ``index``: (prior draws, simulator draws)."""
+    prior_sequence, simulator_sequence = np.random.SeedSequence([int(seed), int(index)]).spawn(2)
+    prior_seed = int(prior_sequence.generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
+    return torch.Generator().manual_seed(prior_seed), np.random.default_rng(simulator_sequence)
+
+
+@functools.lru_cache(maxsize=4)
+def _models(config_yaml: str):
+    """Prior and simulator for a config, built once per process and reused."""
+    import yaml
+
+    from sbi_lens.priors import LensPrior
+    from sbi_lens.simulator import LensSimulator
+
+    config = parse_config(yaml.safe_load(config_yaml))
+    return LensPrior(config.prior), LensSimulator(config)
+
+
+def simulate_chunk(config: SimulationConfig, seed: int, index: int, num_rows: int) -> ChunkResult:
+    """Draw θ from the prior and simulate images for chunk ``index`` (pure function)."""
+    prior, simulator = _models(config.to_yaml())
+    prior_generator, simulator_rng = chunk_streams(seed, index)
+    theta = prior.sample((num_rows,), generator=prior_generator).cpu().numpy()
+    output = simulator.simulate(theta, seed=simulator_rng)
+    return ChunkResult(
+        theta=theta.astype(np.float32),
+        x=np.asarray(output.images, dtype=np.float32),
+        nuisance=np.asarray(output.nuisance, dtype=np.float32),
+    )
+
+
+def run_chunk_task(store_path: str, index: int) -> int:
+    """Simulate chunk ``index`` of the store at ``store_path`` and write it (a Dask task)."""
+    torch.set_num_threads(1)
+    store = SimulationStore.open(store_path, mode="r+")
+    rows = store.layout.chunk_slice(index)
+    result = simulate_chunk(store.config, store.seed, index, rows.stop - rows.start)
+    store.write_chunk(index, result.theta, result.x, result.nuisance)
+    return index
+
+
+def open_or_create_store(
+    out: str | Path, config: SimulationConfig, num_simulations: int, seed: int
+) -> SimulationStore:
+    """Open the store at ``out`` to resume it, or create it; refuse one made otherwise."""
+    out = str(out)
+    exists = Path(out).exists() if "://" not in out else _remote_exists(out)
+    if exists:
+        store = SimulationStore.open(out, mode="r+")
+        store.check_matches(config, seed, num_simulations)
+        return store
+    _, simulator = _models(config.to_yaml())
+    return SimulationStore.create(
+        out,
+        config,
+        num_simulations=num_simulations,
+        seed=seed,
+        bands=simulator.bands,
+        image_shape=simulator.image_shape,
+        pixel_scale=simulator.pixel_scale,
+        nuisance_names=simulator.nuisance_names,
+    )
+
+
+def _remote_exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def run_simulation(
+    config: SimulationConfig,
+    num_simulations: int,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | bool = True,
+) -> SimulationStore:
+    """Simulate ``num_simulations`` lenses into the store at ``out`` (resuming if present).
+
+    Args:
+        config: validated simulation config.
+        num_simulations: total number of lenses in the store.
+        out: store path (local) or fsspec URL.
+        seed: master seed; chunk k uses SeedSequence([seed, k]).
+        workers: local worker processes (1 runs in this process).
+        scheduler: address of a running Dask scheduler (``tcp://host:8786``); the
+            workers must be able to reach ``out``.
+        progress: True for a tqdm bar, False for none, or a callback(done, total).
+
+    Returns:
+        The completed store.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    store = open_or_create_store(out, config, num_simulations, seed)
+    pending = [int(k) for k in store.pending_chunks()]
+    total = store.num_chunks
+    done = total - len(pending)
+    report = _progress_reporter(progress, total, done)
+    if not pending:
+        report.close()
+        return store
+    try:
+        if scheduler is None and workers == 1:
+            for index in pending:
+                run_chunk_task(store.path, index)
+                report.update(1)
+        else:
+            _run_on_dask(store.path, pending, workers, scheduler, report)
+    finally:
+        report.close()
+    store = SimulationStore.open(store.path)
+    if not store.is_complete:  # pragma: no cover - only if a worker silently failed
+        raise StoreError(f"{store.path}: {len(store.pending_chunks())} chunks still missing")
+    return store
+
+
+def _run_on_dask(store_path: str, pending: list[int], workers: int, scheduler, report) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        )
+        client = Client(cluster)
+    try:
+        futures = [
+            client.submit(run_chunk_task, store_path, index, key=f"sbi-lens-chunk-{index}-{store_path}", pure=False)
+            for index in pending
+        ]
+        for future in as_completed(futures):
+            future.result()  # re-raises a worker's exception here
+            report.update(1)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _Reporter:
+    def __init__(self, bar=None, callback=None, total=0, done=0):
+        self.bar, self.callback, self.total, self.done = bar, callback, total, done
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_reporter(progress, total: int, done: int) -> _Reporter:
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return _Reporter(bar=tqdm(total=total, initial=done, unit="chunk", desc="simulate"))
+    if callable(progress):
+        return _Reporter(callback=progress, total=total, done=done)
+    return _Reporter(total=total, done=done)

@@ -1,0 +1,1 @@
+"""Ready-made simulation configs, shipped as package data."""
