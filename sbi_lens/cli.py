@@ -53,7 +53,7 @@ def _simulate(args) -> int:
     layout = store.layout
     print(
         f"{store.path}: {layout.num_simulations} lenses, bands {','.join(layout.bands)}, "
-        f"{layout.image_shape[0]}x{layout.image_shape[1]} px at {layout.pixel_scale}\" "
+        f'{layout.image_shape[0]}x{layout.image_shape[1]} px at {layout.pixel_scale}" '
         f"({layout.num_chunks} chunks, seed {store.seed})"
     )
     return 0
@@ -79,6 +79,40 @@ def _show(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="fit the amortized posterior on a store")
+    p.add_argument("store", help="simulation store")
+    p.add_argument("--out", required=True, help="MODEL folder to write")
+    p.add_argument("--config", default=None, help="training YAML (TrainConfig fields)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="override the epochs")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    from sbi_lens.training import load_train_config, train
+
+    result = train(
+        args.store,
+        args.out,
+        None if args.config is None and args.resume else load_train_config(args.config),
+        device=args.device,
+        epochs=args.epochs,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    last = result.history[-1]
+    print(
+        f"{result.model_dir}: {len(result.history)} epochs, best validation loss "
+        f"{result.best_val_loss:.3f} (epoch {result.best_epoch}), last train loss "
+        f"{last['train_loss']:.3f}, {result.train_samples_per_second:.0f} samples/s"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -92,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_simulate, _add_show]
+_SUBCOMMANDS = [_add_simulate, _add_show, _add_train]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,25 +146,50 @@ class PriorConfig(_Strict):
 
 
 # ---------------------------------------------------------------- observation
+# Bands that lenstronomy's ObservationConfig supports with a Gaussian PSF (HST's
+# TDLMC_F160W needs a pixelised PSF and is left out).
 SURVEY_BANDS = {
     "LSST": ("u", "g", "r", "i", "z", "y"),
     "DES": ("g", "r", "i", "z", "Y"),
-    "Euclid": ("VIS",),
-    "HST": ("WFC3_F160W", "F814W", "F160W", "F105W", "F125W", "F140W", "F475X", "F606W"),
-    "Roman": ("F062", "F087", "F106", "F129", "F158", "F184", "F146", "F213"),
+    "Euclid": ("VIS", "Y", "J", "H"),
+    "HST": ("F160W", "WFC3_F160W"),
+    "Roman": ("F062", "F087", "F106", "F129", "F158", "F184", "F146"),
 }
 
 
 class SurveyConfig(_Strict):
-    """Instrument and image settings; band properties come from lenstronomy's ObservationConfig."""
+    """Instrument and image settings; band properties come from lenstronomy's ObservationConfig.
+
+    Attributes:
+        name: survey, as named by ``lenstronomy.SimulationAPI.ObservationConfig``.
+        bands: bands to simulate, in channel order.
+        coadd_years: depth of the coadd in years (LSST 1–10, DES 1–6, Euclid 2–6);
+            ``None`` takes lenstronomy's default for the survey (HST must be ``None``).
+        survey_mode: Roman only: ``wide_area`` (default), ``time_domain_wide``,
+            ``time_domain_deep`` or ``microlensing``.
+        num_pixels: image side [pixels].
+        pixel_scale: pixel size [arcsec]; ``None`` takes the instrument's.
+        supersampling: sub-pixels per pixel side used to evaluate surface brightness.
+        psf_type: only ``GAUSSIAN`` (FWHM = the band's seeing).
+    """
 
     name: Literal["LSST", "DES", "Euclid", "HST", "Roman"] = "LSST"
     bands: tuple[str, ...] = ("g", "r", "i")
-    coadd_years: float | None = 10
+    coadd_years: int | None = 10
+    survey_mode: str | None = None
     num_pixels: int = Field(64, ge=16, le=512)
     pixel_scale: float | None = Field(None, gt=0)
     supersampling: int = Field(2, ge=1, le=8)
     psf_type: Literal["GAUSSIAN"] = "GAUSSIAN"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _survey_default_depth(cls, data):
+        # coadd_years defaults to LSST's 10; other surveys default to lenstronomy's own depth.
+        if isinstance(data, dict) and "coadd_years" not in data:
+            if data.get("name", "LSST") != "LSST":
+                data = {**data, "coadd_years": None}
+        return data
 
     @model_validator(mode="after")
     def _known_bands(self):
@@ -178,20 +203,73 @@ class SurveyConfig(_Strict):
             )
         if len(set(self.bands)) != len(self.bands):
             raise ValueError(f"bands must be distinct, got {list(self.bands)}")
+        if self.survey_mode is not None and self.name != "Roman":
+            raise ValueError(f"survey_mode applies to Roman only, not to {self.name}")
+        if self.coadd_years is not None and self.name in ("HST", "Roman"):
+            raise ValueError(f"coadd_years must be null for {self.name}")
+        from sbi_lens.surveys import band_settings  # lazy: surveys imports this module
+
+        band_settings(self)  # lenstronomy's own checks (coadd range, band per survey mode)
         return self
 
 
 class PopulationConfig(_Strict):
-    """Scatter and ranges of the nuisance population (see docs/physics.md)."""
+    """Scatter and ranges of the nuisance population (relations in docs/physics.md).
 
-    lens_ellipticity_std: float = Field(0.2, ge=0, le=0.5)
-    shear_std: float = Field(0.05, ge=0, le=0.3)
+    Magnitudes are AB; sizes are in kpc before conversion to arcsec.
+
+    Attributes:
+        lens_ellipticity_std: std of each lenstronomy ellipticity component e1, e2 of the
+            lens mass (light is aligned with mass).
+        shear_std: std of each external-shear component.
+        lens_centre_std: std of the lens centre around the cutout centre [arcsec].
+        faber_jackson_m200: mean rest-frame r absolute magnitude at σ_v = 200 km/s, z = 0.
+        faber_jackson_slope: γ in L ∝ σ_v^γ.
+        faber_jackson_scatter: rms of M_r at fixed σ_v [mag].
+        lens_evolution: passive brightening dM_r/dz [mag per unit redshift].
+        lens_size_slope, lens_size_zero_point: Shen+03 early-type size–luminosity
+            log10 R_e[kpc] = -0.4 a M_r + b.
+        size_scatter_dex: rms of log10 R_e of the lens at fixed luminosity [dex].
+        lens_sersic_index: Sérsic index of the lens light.
+        source_lf_alpha: faint-end slope of the source UV Schechter luminosity function.
+        source_mag_range: drawn M_UV − M*(z) range [mag] (bright, faint).
+        source_size_scatter_dex: rms of log10 R_e of the source [dex].
+        source_sersic_index: Sérsic index of the source light.
+        source_ellipticity_std: std of each source ellipticity component.
+        source_uv_slope: mean and std of the source UV slope β (f_λ ∝ λ^β).
+        source_max_offset: largest source-plane offset from the lens centre, in units of θ_E.
+    """
+
+    lens_ellipticity_std: float = Field(0.1, ge=0, le=0.3)
+    shear_std: float = Field(0.03, ge=0, le=0.2)
     lens_centre_std: float = Field(0.05, ge=0)
-    faber_jackson_scatter: float = Field(0.3, ge=0)
-    size_scatter_dex: float = Field(0.1, ge=0)
-    source_luminosity_scatter: float = Field(0.5, ge=0)
-    source_size_scatter_dex: float = Field(0.15, ge=0)
+    faber_jackson_m200: float = -21.3
+    faber_jackson_slope: float = Field(4.0, gt=0)
+    faber_jackson_scatter: float = Field(0.4, ge=0)
+    lens_evolution: float = Field(1.2, ge=0)
+    lens_size_slope: float = Field(0.65, gt=0)
+    lens_size_zero_point: float = -5.06
+    size_scatter_dex: float = Field(0.12, ge=0)
+    lens_sersic_index: float = Field(4.0, ge=0.5, le=8)
+    source_lf_alpha: float = Field(-1.73, lt=0, gt=-3)
+    source_mag_range: tuple[float, float] = (-2.0, 2.0)
+    source_size_scatter_dex: float = Field(0.2, ge=0)
+    source_sersic_index: float = Field(1.0, ge=0.5, le=8)
+    source_ellipticity_std: float = Field(0.15, ge=0, le=0.3)
+    source_uv_slope: tuple[float, float] = (-1.8, 0.3)
     source_max_offset: float = Field(0.6, gt=0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        bright, faint = self.source_mag_range
+        if not bright < faint:
+            raise ValueError(
+                "source_mag_range must be (bright, faint) with bright < faint, "
+                f"got {bright}, {faint}"
+            )
+        if self.source_uv_slope[1] < 0:
+            raise ValueError("source_uv_slope std must be ≥ 0")
+        return self
 
 
 class SimulationConfig(_Strict):
@@ -226,7 +304,9 @@ def parse_config(data: dict, source: str = "config") -> SimulationConfig:
         ConfigError: with one line naming the offending field.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return SimulationConfig.model_validate(data)
     except ValidationError as error:

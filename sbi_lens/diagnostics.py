@@ -269,9 +269,7 @@ class DiagnosticsReport(_JsonMixin):
         """
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version: expected {SCHEMA_VERSION}, got {version!r}"
-            )
+            raise ValueError(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
         data = dict(data)
         data["metrics"] = [ParameterMetrics.from_dict(m) for m in data["metrics"]]
         data["coverage"] = CoverageCurves.from_dict(data["coverage"])
@@ -314,9 +312,19 @@ class _PosteriorAccess:
     def has_log_prob(self) -> bool:
         return self.is_estimator or hasattr(self.posterior, "log_prob_batched")
 
+    def _to_device(self, t: Tensor) -> Tensor:
+        """Moves a float32 copy of ``t`` to the posterior's device (GPU-trained models)."""
+        if self.is_estimator:
+            param = next(self.posterior.parameters(), None)
+            device = param.device if param is not None else None
+        else:
+            device = getattr(self.posterior, "_device", None)
+        return t.to(device=device, dtype=torch.float32)
+
     @torch.no_grad()
     def sample(self, num_samples: int, x: Tensor) -> Tensor:
         """Returns (S, B, D) samples for observations x of shape (B, ...)."""
+        x = self._to_device(x)
         if self.is_estimator:
             self.posterior.eval()
             return self.posterior.sample(torch.Size((num_samples,)), condition=x)
@@ -327,6 +335,7 @@ class _PosteriorAccess:
     @torch.no_grad()
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         """Returns (S, B) log densities (up to a per-x constant) of theta (S, B, D)."""
+        theta, x = self._to_device(theta), self._to_device(x)
         if self.is_estimator:
             self.posterior.eval()
             return self.posterior.log_prob(theta, condition=x)
@@ -431,10 +440,10 @@ def joint_hpd_levels(
     levels = []
     for start in range(0, theta.shape[0], batch_size):
         stop = start + batch_size
-        both = torch.cat([theta[None, start:stop], samples[:, start:stop]], dim=0)
-        log_q = access.log_prob(both.to(theta.dtype), x[start:stop]).detach().cpu()
-        truth, draws = log_q[:1], log_q[1:]
-        above = (draws > truth).sum(0) + 0.5 * (draws == truth).sum(0)
+        both = torch.cat([theta[None, start:stop].to(samples.dtype), samples[:, start:stop]])
+        log_q = access.log_prob(both, x[start:stop]).detach().cpu()
+        log_true, log_draws = log_q[:1], log_q[1:]
+        above = (log_draws > log_true).sum(0) + 0.5 * (log_draws == log_true).sum(0)
         levels.append((above + 0.5) / (num_samples + 1))
     return torch.cat(levels).double()
 
@@ -810,9 +819,7 @@ def run_diagnostics(
     access = _PosteriorAccess(posterior)
 
     t0 = time.perf_counter()
-    samples = draw_posterior_samples(
-        posterior, x, num_samples, batch_size=batch_size, seed=seed
-    )
+    samples = draw_posterior_samples(posterior, x, num_samples, batch_size=batch_size, seed=seed)
     t_sample = time.perf_counter() - t0
 
     hpd, t_logprob = None, 0.0
@@ -884,7 +891,5 @@ def format_summary(report: DiagnosticsReport) -> str:
     lines.append(
         f"TARP: ATC = {_fmt(report.tarp.atc, '+.4f')}, KS p = {_fmt(report.tarp.ks_pvalue, '.3f')}"
     )
-    lines.append(
-        "(RMSE, bias in parameter units; dC = coverage - credibility, < 0 over-confident)"
-    )
+    lines.append("(RMSE, bias in parameter units; dC = coverage - credibility, < 0 over-confident)")
     return "\n".join(lines)

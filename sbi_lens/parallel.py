@@ -88,7 +88,7 @@ def open_or_create_store(
         num_simulations=num_simulations,
         seed=seed,
         bands=simulator.bands,
-        image_shape=simulator.image_shape,
+        image_shape=tuple(simulator.image_shape[-2:]),
         pixel_scale=simulator.pixel_scale,
         nuisance_names=simulator.nuisance_names,
     )
@@ -168,7 +168,13 @@ def _run_on_dask(store_path: str, pending: list[int], workers: int, scheduler, r
         client = Client(cluster)
     try:
         futures = [
-            client.submit(run_chunk_task, store_path, index, key=f"sbi-lens-chunk-{index}-{store_path}", pure=False)
+            client.submit(
+                run_chunk_task,
+                store_path,
+                index,
+                key=f"sbi-lens-chunk-{index}-{store_path}",
+                pure=False,
+            )
             for index in pending
         ]
         for future in as_completed(futures):

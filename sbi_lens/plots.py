@@ -215,12 +215,18 @@ def plot_sbc_ranks(
         sbc.num_posterior_samples,
         plot_type=kind,
         parameter_labels=[
-            f"{label}\nKS p = {sbc.ks_pvalues[n]:.3g}" for n, label in zip(names, labels, strict=True)
+            f"{label}\nKS p = {sbc.ks_pvalues[n]:.3g}"
+            for n, label in zip(names, labels, strict=True)
         ],
         num_bins=max(5, min(30, len(ranks) // 20)),
         figsize=(4 * len(names), 3.6) if kind == "hist" else (5.5, 4.5),
+        show_ylabel=True,
     )
-    fig.suptitle("SBC ranks (gray band: 99 % range under uniformity)", y=1.03)
+    for ax in fig.axes:
+        ax.set_ylim(bottom=0)  # sbi autoscales; a zero baseline makes bins comparable
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.suptitle("SBC ranks (gray band: 99 % range expected if calibrated)", y=1.03)
     return _save(fig, path)
 
 
@@ -408,8 +414,7 @@ def plot_montage(
             ax.imshow(_stretch(img[0]), origin="lower", cmap="gray")
         z_l, z_s, t_e, s_v = theta[i]
         ax.set_title(
-            f"$z_l$={z_l:.2f} $z_s$={z_s:.2f}\n"
-            f"$\\theta_E$={t_e:.2f}\" $\\sigma_v$={s_v:.0f} km/s",
+            f'$z_l$={z_l:.2f} $z_s$={z_s:.2f}\n$\\theta_E$={t_e:.2f}" $\\sigma_v$={s_v:.0f} km/s',
             fontsize=8,
         )
     band_text = f" ({','.join(bands)})" if bands else ""

@@ -127,7 +127,9 @@ class TabulatedComponent(Component1D):
         total = cell_mass.sum()
         self._grid = grid
         self._density = density / total
-        self._cdf = torch.cat([torch.zeros(1, dtype=_DTYPE, device=device), torch.cumsum(cell_mass / total, 0)])
+        self._cdf = torch.cat(
+            [torch.zeros(1, dtype=_DTYPE, device=device), torch.cumsum(cell_mass / total, 0)]
+        )
         self.low, self.high = float(grid[0]), float(grid[-1])
 
     def _cell(self, x):
@@ -168,9 +170,7 @@ class TabulatedComponent(Component1D):
         return (x0 + s.clamp(min=torch.zeros_like(h), max=h)).clamp(self.low, self.high)
 
 
-def make_component(
-    spec, table: DistanceTable, num_points: int = 4097, device=None
-) -> Component1D:
+def make_component(spec, table: DistanceTable, num_points: int = 4097, device=None) -> Component1D:
     """Build a 1-D component from its config model."""
     if isinstance(spec, UniformDist):
         return UniformComponent(spec.low, spec.high)
@@ -339,12 +339,17 @@ class LensPrior(Distribution):
         self._sigma_v = make_component(cfg.sigma_v, self.table)
         self._f_mean, self._f_std = cfg.scatter.mean, cfg.scatter.std
         # f is truncated to f > 0: θ_E = f² θ_SIS must be a one-to-one function of f.
-        self._log_f_mass = math.log(0.5 * (1 + math.erf(self._f_mean / (self._f_std * math.sqrt(2)))))
+        self._log_f_mass = math.log(
+            0.5 * (1 + math.erf(self._f_mean / (self._f_std * math.sqrt(2))))
+        )
         window = cfg.theta_E_window or (0.0, math.inf)
         bounds = torch.tensor(
             [
                 [self._z_lens.low, self._z_lens.high],
-                [max(self._z_source.low, self._z_lens.low + cfg.min_separation), self._z_source.high],
+                [
+                    max(self._z_source.low, self._z_lens.low + cfg.min_separation),
+                    self._z_source.high,
+                ],
                 [window[0], window[1]],
                 [self._sigma_v.low, self._sigma_v.high],
             ],
@@ -354,9 +359,7 @@ class LensPrior(Distribution):
         self._log_window_mass = (
             0.0 if cfg.theta_E_window is None else math.log(self._window_mass(window_samples))
         )
-        super().__init__(
-            batch_shape=torch.Size(), event_shape=torch.Size([4]), validate_args=False
-        )
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([4]), validate_args=False)
 
     # --- torch Distribution API -------------------------------------------------
     @property
@@ -372,7 +375,9 @@ class LensPrior(Distribution):
         return self._moments()[1]
 
     def sample(
-        self, sample_shape: torch.Size | tuple = torch.Size(), generator: torch.Generator | None = None
+        self,
+        sample_shape: torch.Size | tuple = (),
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw θ of shape (*sample_shape, 4), float32, on the prior's device.
 
@@ -405,15 +410,15 @@ class LensPrior(Distribution):
         te = theta_e.clamp_min(1e-9)
         log_p = (
             self._z_lens.log_density(zl)
-            + self._z_source.truncated_log_prob(
-                zs, floor, torch.full_like(zs, self._z_source.high)
-            )
+            + self._z_source.truncated_log_prob(zs, floor, torch.full_like(zs, self._z_source.high))
             + self._sigma_v.log_density(sv)
             + self._log_theta_e_given(te, sv, zl, zs)
             - self._log_window_mass
         )
         log_p = torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
-        return log_p.to(device=value.device, dtype=value.dtype if value.is_floating_point() else torch.float32)
+        return log_p.to(
+            device=value.device, dtype=value.dtype if value.is_floating_point() else torch.float32
+        )
 
     # --- pieces --------------------------------------------------------------------
     def theta_sis(self, sigma_v, z_lens, z_source) -> torch.Tensor:

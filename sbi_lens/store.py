@@ -108,7 +108,9 @@ class SimulationStore:
         n, c = num_simulations, config.chunk_size
         height, width = image_shape
         _create_array(group, "theta", (n, len(PARAMETER_NAMES)), (c, len(PARAMETER_NAMES)), "f4")
-        _create_array(group, "x", (n, len(bands), height, width), (c, len(bands), height, width), "f4")
+        _create_array(
+            group, "x", (n, len(bands), height, width), (c, len(bands), height, width), "f4"
+        )
         _create_array(group, "nuisance", (n, len(nuisance_names)), (c, len(nuisance_names)), "f4")
         num_chunks = -(-n // c)
         _create_array(group, "chunk_done", (num_chunks,), (1,), "u1")
@@ -154,8 +156,8 @@ class SimulationStore:
             mismatches.append(f"num {self.layout.num_simulations} ≠ {num_simulations}")
         if mismatches:
             raise StoreError(
-                f"{self.path}: existing store was made by another command ({'; '.join(mismatches)}); "
-                "choose a new --out or delete the store"
+                f"{self.path}: existing store was made by another command "
+                f"({'; '.join(mismatches)}); choose a new --out or delete the store"
             )
 
     # ------------------------------------------------------------------ properties
@@ -225,7 +227,11 @@ class SimulationStore:
         return self._group["theta"][rows], self._group["x"][rows]
 
     def iter_chunks(
-        self, indices: Sequence[int] | None = None, *, shuffle: bool = False, seed: int | None = None
+        self,
+        indices: Sequence[int] | None = None,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (theta, x) chunk by chunk (completed chunks only), optionally shuffled."""
         indices = self.completed_chunks() if indices is None else np.asarray(indices)

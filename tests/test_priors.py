@@ -72,20 +72,27 @@ def test_log_prob_matches_independent_formula():
     z_source = rng.uniform(z_lens + 0.3, 3.5)
     sigma_v = rng.uniform(180, 350, n)
     f = rng.normal(1.0, 0.065, n)
-    theta_sis_all = prior.theta_sis(torch.tensor(sigma_v), torch.tensor(z_lens), torch.tensor(z_source))
+    theta_sis_all = prior.theta_sis(
+        torch.tensor(sigma_v), torch.tensor(z_lens), torch.tensor(z_source)
+    )
     theta_e_all = f**2 * theta_sis_all.numpy()
     z_window = np.mean((theta_e_all >= 0.5) & (theta_e_all <= 3.0))
 
     theta = prior.sample((50,), generator=torch.Generator().manual_seed(1)).double()
     zl, zs, te, sv = (theta[:, i].numpy() for i in range(4))
     ratio = (
-        cosmology.angular_diameter_distance_z1z2(zl, zs) / cosmology.angular_diameter_distance(zs)
-    ).decompose().value
-    theta_sis = 4 * np.pi * ((sv * u.km / u.s) / c).decompose().value ** 2 * ratio * 206264.80624709636
+        (cosmology.angular_diameter_distance_z1z2(zl, zs) / cosmology.angular_diameter_distance(zs))
+        .decompose()
+        .value
+    )
+    theta_sis = (
+        4 * np.pi * ((sv * u.km / u.s) / c).decompose().value ** 2 * ratio * 206264.80624709636
+    )
     f = np.sqrt(te / theta_sis)
     density = (
         (1 / 0.9)
-        * 1 / (3.5 - (zl + 0.3))
+        * 1
+        / (3.5 - (zl + 0.3))
         * (1 / 170)
         * stats.norm(1, 0.065).pdf(f)
         / (2 * np.sqrt(te * theta_sis))
@@ -111,7 +118,9 @@ def test_support_and_out_of_support(prior):
 
 def test_bijection_round_trip_and_log_det(prior):
     transform = biject_to(prior.support)
-    u_values = torch.randn(500, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    u_values = (
+        torch.randn(500, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    )
     theta = transform(u_values)
     assert bool(prior.support.check(theta).all())
     torch.testing.assert_close(transform.inv(theta), u_values, atol=1e-8, rtol=1e-8)
@@ -168,7 +177,9 @@ def test_physical_prior_options_sample_and_normalise():
     assert bool(torch.isfinite(prior.log_prob(samples)).all())
     # More volume at higher z: the median lens redshift exceeds the interval's midpoint.
     assert float(samples[:, 0].median()) > 0.65
-    assert float(_box_integral(prior, lambda t: torch.ones(len(t), 1))) == pytest.approx(1, abs=0.015)
+    assert float(_box_integral(prior, lambda t: torch.ones(len(t), 1))) == pytest.approx(
+        1, abs=0.015
+    )
 
 
 def test_generator_makes_draws_reproducible(prior):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
 from torch import Tensor, nn
-from torch.distributions import Transform, biject_to, constraints
+from torch.distributions import Transform, biject_to
 from zuko.transforms import LULinearTransform, MonotonicRQSTransform, PermutationTransform
 
 __all__ = ["SplineFlow", "SupportBijection", "spline_flow"]
@@ -208,11 +208,14 @@ class ResidualConditioner(nn.Module):
         context_features: int,
         out_features: int,
         hidden_features: int = 128,
-        num_residual_blocks: int = 2,
+        num_residual_blocks: int = 1,
         activation: Callable[[], nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        self.input_layer = nn.Linear(in_features, hidden_features, bias=False)
+        # With D = 1 there is no untouched half: the context alone sets the spline.
+        self.input_layer = (
+            nn.Linear(in_features, hidden_features, bias=False) if in_features > 0 else None
+        )
         self.context_layer = nn.Linear(context_features, hidden_features)
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -246,7 +249,9 @@ class ResidualConditioner(nn.Module):
         Returns:
             Parameters of shape ``(*, out_features)``.
         """
-        h = context_bias if theta_a.shape[-1] == 0 else self.input_layer(theta_a) + context_bias
+        h = context_bias if self.input_layer is None else self.input_layer(theta_a) + context_bias
+        if h.shape[:-1] != theta_a.shape[:-1]:
+            h = h.expand(*theta_a.shape[:-1], h.shape[-1])
         for block in self.blocks:
             h = h + block(h)
         return self.output_layer(h)
@@ -273,7 +278,7 @@ class SplineCoupling(nn.Module):
         context_features: int,
         num_bins: int = 8,
         hidden_features: int = 128,
-        num_residual_blocks: int = 2,
+        num_residual_blocks: int = 1,
         bound: float = 5.0,
     ) -> None:
         super().__init__()
@@ -395,7 +400,7 @@ class SplineFlow(ConditionalDensityEstimator):
         num_blocks: int = 5,
         hidden_features: int = 128,
         num_bins: int = 8,
-        num_residual_blocks: int = 2,
+        num_residual_blocks: int = 1,
         tail_bound: float = 5.0,
         seed: int | None = 0,
     ) -> None:
@@ -482,15 +487,46 @@ class SplineFlow(ConditionalDensityEstimator):
 
     # ---- density ---------------------------------------------------------------------
 
-    def _log_prob_given_context(self, theta: Tensor, context: list[Tensor]) -> Tensor:
+    def _to_noise(self, theta: Tensor, context: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """θ ``(*, D)`` → base variable z ``(*, D)`` and ``log|det ∂z/∂θ|`` ``(*)``."""
         u, ladj = self.bijection.to_unconstrained(theta)
         z = self.standardize(u)
         ladj = ladj + self.standardize.log_abs_det()
         for block, bias in zip(self.net, context, strict=True):
             z, ladj_block = block(z, bias)
             ladj = ladj + ladj_block
+        return z, ladj
+
+    def _log_prob_given_context(self, theta: Tensor, context: list[Tensor]) -> Tensor:
+        z, ladj = self._to_noise(theta, context)
         log_base = -0.5 * (z.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
         return log_base + ladj
+
+    def inverse_transform(self, input: Tensor, condition: Tensor) -> Tensor:
+        """Map θ to the base (noise) space, as sbi's ``ZukoFlow.inverse_transform``.
+
+        Args:
+            input: θ of shape ``(*batch, D)`` inside the support.
+            condition: x of shape ``(*batch, *condition_shape)`` (broadcastable).
+
+        Returns:
+            z of shape ``(*batch, D)``.
+        """
+        context = self._context(condition)
+        batch = torch.broadcast_shapes(input.shape[:-1], context[0].shape[:-1])
+        return self._to_noise(input.expand(*batch, input.shape[-1]), context)[0]
+
+    def forward_transform(self, noise: Tensor, condition: Tensor) -> Tensor:
+        """Map base-space z to θ (the sampling direction); inverse of :meth:`inverse_transform`.
+
+        Args:
+            noise: z of shape ``(*batch, D)``.
+            condition: x of shape ``(*batch, *condition_shape)`` (broadcastable).
+
+        Returns:
+            θ of shape ``(*batch, D)``, inside the prior's support.
+        """
+        return self._from_noise(noise, self._context(condition))
 
     def log_prob(self, input: Tensor, condition: Tensor, **kwargs) -> Tensor:
         """Log-density of θ given x.
@@ -534,16 +570,17 @@ class SplineFlow(ConditionalDensityEstimator):
         shape = (*sample_shape, *ref.shape[:-1], self.input_shape[0])
         z = torch.randn(shape, generator=generator, device=ref.device, dtype=ref.dtype)
         if torch.is_grad_enabled() or z.device.type != "cpu" or ref.dim() != 2:
-            return self._inverse_given_context(z, context)
+            return self._from_noise(z, context)
         # On CPU, pushing a few thousand rows at a time through the flow keeps the
         # conditioner's activations in cache: ~2.5x faster than one big batch.
         z = z.reshape(-1, ref.shape[0], shape[-1])  # (S, B, D), sample dims flattened
         out = torch.empty_like(z)
         for s, b in _row_chunks(z.shape[:-1], self.chunk_rows):
-            out[s, b] = self._inverse_given_context(z[s, b], [c[b] for c in context])
+            out[s, b] = self._from_noise(z[s, b], [c[b] for c in context])
         return out.reshape(shape)
 
-    def _inverse_given_context(self, z: Tensor, context: list[Tensor]) -> Tensor:
+    def _from_noise(self, z: Tensor, context: list[Tensor]) -> Tensor:
+        """Base variable z ``(*, D)`` → θ ``(*, D)``."""
         for block, bias in zip(reversed(self.net), reversed(context), strict=True):
             z = block.inverse(z, bias)
         return self.bijection.to_support(self.standardize.inverse(z))
@@ -630,7 +667,7 @@ def spline_flow(
     hidden_features: int = 128,
     num_bins: int = 8,
     embedding_net: nn.Module | None = None,
-    num_residual_blocks: int = 2,
+    num_residual_blocks: int = 1,
     z_score_theta: str | None = "independent",
     z_score_x: str | None = "auto",
     tail_bound: float = 5.0,

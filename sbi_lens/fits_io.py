@@ -1,0 +1,590 @@
+"""Read survey cutouts from FITS files into model-ready arrays, and write them.
+
+Two layouts are supported:
+
+- **cube**: one file per lens holding a ``(bands, H, W)`` array. The band of each
+  plane comes from header keywords ``BAND1..BANDn`` (or ``FILTER1..FILTERn``), else
+  from ``--bands``, else the model's band order is assumed.
+- **per band**: one 2-D image per band. Consecutive files form one lens, as many
+  files as the model has bands. Each file's band comes from its ``BAND`` (or
+  ``FILTER``) keyword, else from a trailing ``_g``-style token of the file name,
+  else from its position in the group (``--bands`` order, else the model's).
+
+Every cutout is checked against the model before inference: pixel scale (from the
+WCS ``CD``/``CDELT`` keywords via ``proj_plane_pixel_scales``, else ``PIXSCALE`` in
+arcsec/pixel), image shape (optional centred crop of larger cutouts), and finite
+pixels. Problems raise ``ValueError`` naming the file, the value found and the value
+expected.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+__all__ = [
+    "Cutout",
+    "ImageSpec",
+    "center_crop",
+    "iter_cutouts",
+    "load_cutouts",
+    "parse_bands",
+    "read_pixel_scale",
+    "write_cutout",
+]
+
+#: Relative pixel-scale mismatch tolerated between a cutout and the model.
+PIXEL_SCALE_RTOL = 0.01
+
+_BAND_KEYWORDS = ("BAND", "FILTER")
+_PIXSCALE_KEYWORDS = ("PIXSCALE", "PIXSCAL")
+_WCS_SCALE_KEYWORDS = ("CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the model expects of a cutout.
+
+    Attributes:
+        bands: Band names in the model's channel order.
+        image_shape: (H, W) in pixels.
+        pixel_scale: Pixel side in arcsec/pixel.
+    """
+
+    bands: tuple[str, ...]
+    image_shape: tuple[int, int]
+    pixel_scale: float
+
+    @classmethod
+    def from_model_info(cls, info) -> ImageSpec:
+        """The spec of a :class:`sbi_lens.training.ModelInfo`."""
+        return cls(tuple(info.bands), tuple(info.image_shape), float(info.pixel_scale))
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """One lens, ready for the model.
+
+    Attributes:
+        name: Short name for output files (file stem, or common stem of a band group).
+        image: (bands, H, W) float32 pixels in the model's band order.
+        sources: The FITS file(s) it was read from.
+        pixel_scale: Pixel scale found in the header(s) [arcsec/pixel], or None when
+            none was present and the model's was assumed.
+        cropped: Whether a centred crop was taken.
+    """
+
+    name: str
+    image: np.ndarray
+    sources: tuple[Path, ...]
+    pixel_scale: float | None
+    cropped: bool
+
+
+@dataclass(frozen=True)
+class _FitsImage:
+    """The first image HDU of one file: data (2-D or 3-D, float32) and its header."""
+
+    path: Path
+    data: np.ndarray
+    header: fits.Header
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def parse_bands(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"g,r,i"`` (or a sequence) → ``("g", "r", "i")``; None stays None."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    bands = tuple(str(b).strip() for b in items if str(b).strip())
+    if not bands:
+        raise ValueError(f"--bands: expected a comma-separated list like g,r,i, got {text!r}")
+    if len(set(bands)) != len(bands):
+        raise ValueError(f"--bands: duplicate band names in {','.join(bands)}")
+    return bands
+
+
+def _read_fits(path: str | Path) -> _FitsImage:
+    """Reads the first HDU holding a 2-D or 3-D image (primary or extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        data, header = _first_image(path)
+    except Exception as error:  # astropy raises OSError, TypeError, ValueError on bad files
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{path}: not a readable FITS file ({reason})") from None
+    if data is None:
+        raise ValueError(f"{path}: no image data in any HDU")
+    if data.ndim not in (2, 3):
+        raise ValueError(
+            f"{path}: image has {data.ndim} dimensions {data.shape}; "
+            "expected a 2-D image (one band) or a 3-D cube (bands, H, W)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = data.astype(np.float32)
+    return _FitsImage(path, data, header)
+
+
+def _first_image(path: Path) -> tuple[np.ndarray | None, fits.Header | None]:
+    """Data and header of the first HDU with a ≥ 2-D image, or (None, None)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fits.verify.VerifyWarning)  # truncated files
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
+                    return np.asarray(hdu.data), hdu.header.copy()
+    return None, None
+
+
+def read_pixel_scale(header: fits.Header) -> float | None:
+    """Pixel scale of a header in arcsec/pixel, or None when it states none.
+
+    The WCS (``CD`` matrix or ``CDELT``, in ``CUNIT`` or degrees) wins over a
+    ``PIXSCALE`` keyword (arcsec/pixel). Non-square pixels are an error.
+
+    Args:
+        header: A FITS header; for a cube, FITS axes 1 and 2 are the image axes.
+
+    Returns:
+        The pixel side in arcsec, or None.
+    """
+    if any(key in header for key in _WCS_SCALE_KEYWORDS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, naxis=2)
+        wcs = wcs.celestial if wcs.has_celestial else wcs
+        scales = np.asarray(proj_plane_pixel_scales(wcs), dtype=float)
+        units = [_axis_unit(unit) for unit in wcs.wcs.cunit]
+        arcsec = [(s * unit).to_value(u.arcsec) for s, unit in zip(scales, units, strict=True)]
+        if not np.isclose(arcsec[0], arcsec[1], rtol=PIXEL_SCALE_RTOL):
+            raise ValueError(
+                f"non-square pixels: {arcsec[0]:.5g} x {arcsec[1]:.5g} arcsec; "
+                "resample to square pixels first"
+            )
+        return float(np.mean(arcsec))
+    for key in _PIXSCALE_KEYWORDS:
+        if key in header:
+            try:
+                return float(header[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} = {header[key]!r} is not a number") from None
+    return None
+
+
+def _axis_unit(unit) -> u.UnitBase:
+    """The angle unit of one WCS axis; FITS says degrees when CUNIT is blank."""
+    unit = u.Unit(unit) if str(unit).strip() else u.deg
+    return u.deg if unit == u.dimensionless_unscaled else unit
+
+
+def _check_pixel_scale(
+    found: float | None, spec: ImageSpec, where: str, assume_pixel_scale: bool
+) -> None:
+    if found is None:
+        if assume_pixel_scale:
+            return
+        raise ValueError(
+            f"{where}: no pixel scale in the header (no CD, CDELT or PIXSCALE keyword); the "
+            f"model expects {spec.pixel_scale:g} arcsec/pixel; pass --assume-pixel-scale if "
+            "the cutout has that scale"
+        )
+    if not np.isclose(found, spec.pixel_scale, rtol=PIXEL_SCALE_RTOL, atol=0):
+        raise ValueError(
+            f"{where}: pixel scale {found:.5g} arcsec/pixel, the model expects "
+            f"{spec.pixel_scale:g} arcsec/pixel (tolerance {PIXEL_SCALE_RTOL:.0%}); "
+            "resample the cutout or use a model trained at this scale"
+        )
+
+
+def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The centred (H, W) window of a (..., H', W') array with H' ≥ H, W' ≥ W.
+
+    When H' − H is odd the window sits half a pixel towards the lower index.
+    """
+    height, width = image.shape[-2:]
+    top, left = (height - shape[0]) // 2, (width - shape[1]) // 2
+    return image[..., top : top + shape[0], left : left + shape[1]]
+
+
+def _fit_shape(
+    image: np.ndarray, spec: ImageSpec, where: str, crop: bool
+) -> tuple[np.ndarray, bool]:
+    """Checks (bands, H, W) against the model's (H, W); crops when asked and possible."""
+    found, expected = tuple(image.shape[-2:]), tuple(spec.image_shape)
+    if found == expected:
+        return image, False
+    size = f"{found[0]}x{found[1]}"
+    want = f"{expected[0]}x{expected[1]}"
+    if found[0] < expected[0] or found[1] < expected[1]:
+        raise ValueError(
+            f"{where}: cutout is {size} pixels, smaller than the model's {want}; "
+            "make larger cutouts (images are not padded)"
+        )
+    if not crop:
+        raise ValueError(
+            f"{where}: cutout is {size} pixels, the model expects {want}; "
+            "pass --crop to use the centred window"
+        )
+    return center_crop(image, expected), True
+
+
+def _check_finite(image: np.ndarray, bands: Sequence[str], where: str) -> None:
+    bad = ~np.isfinite(image)
+    if bad.any():
+        per_band = ", ".join(
+            f"{band}: {int(n)}" for band, n in zip(bands, bad.sum(axis=(-2, -1)), strict=True) if n
+        )
+        raise ValueError(
+            f"{where}: {int(bad.sum())} NaN/Inf pixels ({per_band}) in the "
+            f"{image.shape[-2]}x{image.shape[-1]} region used; fill or mask them first"
+        )
+
+
+# ----------------------------------------------------------------------------- bands
+
+
+def _match_band(value, bands: Sequence[str]) -> str | None:
+    """The band of ``bands`` named by a header value like ``'r'`` or ``'r DECam'``."""
+    text = str(value).strip()
+    lowered = {b.lower(): b for b in bands}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    first = text.split()[0].lower() if text.split() else ""
+    return lowered.get(first)
+
+
+def _header_band(header: fits.Header, index: int | None) -> tuple[str, object] | None:
+    """(keyword, value) of the band keyword of a plane (``BAND2``) or image (``BAND``)."""
+    suffix = "" if index is None else str(index + 1)
+    for key in _BAND_KEYWORDS:
+        if f"{key}{suffix}" in header:
+            return f"{key}{suffix}", header[f"{key}{suffix}"]
+    return None
+
+
+def _cube_bands(
+    item: _FitsImage, spec: ImageSpec, input_bands: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    """Band of each plane of a cube: header keywords, else ``--bands``, else the model's."""
+    count = item.data.shape[0]
+    found = [_header_band(item.header, i) for i in range(count)]
+    if all(f is not None for f in found):
+        names = tuple(str(value).strip() for _, value in found)
+        if input_bands is not None and tuple(b.lower() for b in input_bands) != tuple(
+            n.lower() for n in names
+        ):
+            raise ValueError(
+                f"{item.path}: header says bands {','.join(names)} but --bands says "
+                f"{','.join(input_bands)}"
+            )
+        return names
+    if input_bands is not None:
+        if len(input_bands) != count:
+            raise ValueError(
+                f"{item.path}: cube has {count} bands but --bands lists {len(input_bands)} "
+                f"({','.join(input_bands)})"
+            )
+        return input_bands
+    if count != len(spec.bands):
+        raise ValueError(
+            f"{item.path}: cube has {count} bands, the model expects {len(spec.bands)} "
+            f"({','.join(spec.bands)})"
+        )
+    return spec.bands
+
+
+def _select_bands(
+    image: np.ndarray, names: Sequence[str], spec: ImageSpec, where: str
+) -> np.ndarray:
+    """Reorders (and, for extra bands, selects) the planes into the model's band order."""
+    matched = [_match_band(n, spec.bands) for n in names]
+    missing = [b for b in spec.bands if b not in matched]
+    if missing or len(names) < len(spec.bands):
+        raise ValueError(
+            f"{where}: has {len(names)} bands ({','.join(map(str, names))}), the model expects "
+            f"{len(spec.bands)} ({','.join(spec.bands)}); missing {','.join(missing) or '-'}"
+        )
+    duplicated = sorted({m for m in matched if m is not None and matched.count(m) > 1})
+    if duplicated:
+        raise ValueError(f"{where}: band {','.join(duplicated)} appears more than once")
+    return image[[matched.index(b) for b in spec.bands]]
+
+
+_NAME_TOKEN = re.compile(r"[_\-.]([A-Za-z0-9]+)$")
+
+
+def _file_band(item: _FitsImage, spec: ImageSpec) -> str | None:
+    """The band of a single-band file from its header keyword or a ``_g`` name suffix."""
+    found = _header_band(item.header, None)
+    if found is not None:
+        key, value = found
+        band = _match_band(value, spec.bands)
+        if band is None:
+            raise ValueError(
+                f"{item.path}: {key} = {value!r} is none of the model's bands "
+                f"({','.join(spec.bands)})"
+            )
+        return band
+    token = _NAME_TOKEN.search(item.path.stem)
+    return _match_band(token.group(1), spec.bands) if token else None
+
+
+def _group_name(paths: Sequence[Path]) -> str:
+    """Common stem of a band group: ``lens1_g``, ``lens1_r`` → ``lens1``."""
+    stems = [p.stem for p in paths]
+    prefix = stems[0]
+    for stem in stems[1:]:
+        while not stem.startswith(prefix):
+            prefix = prefix[:-1]
+    prefix = prefix.rstrip("_-. ")
+    return prefix or stems[0]
+
+
+def _stack_group(
+    group: Sequence[_FitsImage], spec: ImageSpec, input_bands: tuple[str, ...] | None
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Stacks single-band files of one lens into (bands, H, W) in their own band order."""
+    where = ", ".join(str(g.path) for g in group)
+    shapes = {g.data.shape for g in group}
+    if len(shapes) > 1:
+        raise ValueError(f"{where}: band images differ in shape {sorted(shapes)}")
+    named = [_file_band(g, spec) for g in group]
+    if all(n is not None for n in named):
+        names = tuple(named)
+    elif any(n is not None for n in named):
+        unnamed = [str(g.path) for g, n in zip(group, named, strict=True) if n is None]
+        raise ValueError(
+            f"{', '.join(unnamed)}: no BAND/FILTER keyword while the other files of the "
+            "group have one; give every file a band or none"
+        )
+    else:
+        names = input_bands if input_bands is not None else spec.bands
+    return np.stack([g.data for g in group]), names
+
+
+# ----------------------------------------------------------------------------- cutouts
+
+
+def iter_cutouts(
+    paths: Sequence[str | Path],
+    spec: ImageSpec,
+    *,
+    input_bands: Sequence[str] | str | None = None,
+    crop: bool = False,
+    assume_pixel_scale: bool = False,
+) -> Iterator[Cutout]:
+    """Reads and checks cutouts one lens at a time, in the order of ``paths``.
+
+    Args:
+        paths: FITS files: cubes (one per lens) and/or single-band images (as many
+            consecutive files per lens as the model has bands).
+        spec: What the model expects (bands, shape, pixel scale).
+        input_bands: Band order of cube planes / of per-band files when headers do not
+            name them (``--bands``); default the model's order.
+        crop: Take the centred window of cutouts larger than the model's shape.
+        assume_pixel_scale: Accept files without any pixel-scale keyword.
+
+    Yields:
+        One :class:`Cutout` per lens, image (bands, H, W) float32 in model band order.
+
+    Raises:
+        ValueError: a file is unreadable or does not fit the model (message names it).
+    """
+    input_bands = parse_bands(input_bands)
+    if input_bands is not None and len(input_bands) < len(spec.bands):
+        raise ValueError(
+            f"--bands lists {len(input_bands)} bands ({','.join(input_bands)}), the model "
+            f"expects {len(spec.bands)} ({','.join(spec.bands)})"
+        )
+    pending: list[_FitsImage] = []
+    group_size = len(spec.bands) if input_bands is None else len(input_bands)
+    for path in paths:
+        item = _read_fits(path)
+        if item.data.ndim == 3:
+            if pending:
+                raise ValueError(_incomplete_group(pending, group_size))
+            names = _cube_bands(item, spec, input_bands)
+            yield _finish(item.data, names, [item], spec, crop, assume_pixel_scale)
+            continue
+        pending.append(item)
+        if len(pending) == group_size:
+            image, names = _stack_group(pending, spec, input_bands)
+            yield _finish(image, names, pending, spec, crop, assume_pixel_scale)
+            pending = []
+    if pending:
+        raise ValueError(_incomplete_group(pending, group_size))
+
+
+def _incomplete_group(pending: Sequence[_FitsImage], size: int) -> str:
+    files = ", ".join(str(p.path) for p in pending)
+    return (
+        f"{files}: {len(pending)} single-band file(s) where a lens needs {size} (one per band, "
+        "given consecutively); add the missing bands or use a cube"
+    )
+
+
+def _finish(
+    image: np.ndarray,
+    names: Sequence[str],
+    items: Sequence[_FitsImage],
+    spec: ImageSpec,
+    crop: bool,
+    assume_pixel_scale: bool,
+) -> Cutout:
+    """Band selection, pixel-scale, shape and finiteness checks for one lens."""
+    where = ", ".join(str(i.path) for i in items)
+    image = _select_bands(image, names, spec, where)
+    scales = []
+    for item in items:
+        try:
+            scale = read_pixel_scale(item.header)
+        except ValueError as error:
+            raise ValueError(f"{item.path}: {error}") from None
+        _check_pixel_scale(scale, spec, str(item.path), assume_pixel_scale)
+        scales.append(scale)
+    image, cropped = _fit_shape(image, spec, where, crop)
+    _check_finite(image, spec.bands, where)
+    found = [s for s in scales if s is not None]
+    name = items[0].path.stem if len(items) == 1 else _group_name([i.path for i in items])
+    return Cutout(
+        name=name,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        sources=tuple(i.path for i in items),
+        pixel_scale=float(np.mean(found)) if found else None,
+        cropped=cropped,
+    )
+
+
+def load_cutouts(
+    paths: Sequence[str | Path],
+    spec: ImageSpec,
+    *,
+    input_bands: Sequence[str] | str | None = None,
+    crop: bool = False,
+    assume_pixel_scale: bool = False,
+) -> tuple[list[Cutout], np.ndarray]:
+    """Reads and checks all cutouts before any inference starts.
+
+    Arguments as for :func:`iter_cutouts`. Names are made unique (``lens``,
+    ``lens_2``, ...) so output files never overwrite each other.
+
+    Returns:
+        The cutouts and their images stacked as x (N, bands, H, W) float32.
+    """
+    if not paths:
+        raise ValueError("no FITS files given")
+    cutouts = list(
+        iter_cutouts(
+            paths, spec, input_bands=input_bands, crop=crop, assume_pixel_scale=assume_pixel_scale
+        )
+    )
+    seen: dict[str, int] = {}
+    unique = []
+    for cutout in cutouts:
+        count = seen.get(cutout.name, 0) + 1
+        seen[cutout.name] = count
+        if count > 1:
+            cutout = Cutout(
+                f"{cutout.name}_{count}", cutout.image, cutout.sources, cutout.pixel_scale,
+                cutout.cropped,
+            )  # fmt: skip
+        unique.append(cutout)
+    return unique, np.stack([c.image for c in unique]).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _scale_cards(
+    header: fits.Header, shape: tuple[int, int], pixel_scale: float, keyword: str | None
+) -> None:
+    """Adds a TAN WCS (RA increasing to the left) or PIXSCALE to a header."""
+    if keyword is None:
+        return
+    if keyword == "pixscale":
+        header["PIXSCALE"] = (pixel_scale, "[arcsec/pixel]")
+        return
+    if keyword not in ("cd", "cdelt"):
+        raise ValueError(
+            f"scale_keyword: expected 'cd', 'cdelt', 'pixscale' or None, got {keyword!r}"
+        )
+    degrees = pixel_scale / 3600.0
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
+    header["CRPIX1"], header["CRPIX2"] = (shape[1] + 1) / 2, (shape[0] + 1) / 2
+    header["CRVAL1"], header["CRVAL2"] = 150.0, 2.0
+    if keyword == "cd":
+        header["CD1_1"], header["CD1_2"] = -degrees, 0.0
+        header["CD2_1"], header["CD2_2"] = 0.0, degrees
+    else:
+        header["CDELT1"], header["CDELT2"] = -degrees, degrees
+
+
+def write_cutout(
+    path: str | Path,
+    image: np.ndarray,
+    bands: Sequence[str],
+    pixel_scale: float,
+    cube: bool = True,
+    *,
+    scale_keyword: str | None = "cd",
+    band_keyword: str | None = "BAND",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Writes one lens as FITS in a layout :func:`iter_cutouts` reads.
+
+    Args:
+        path: Output file, e.g. ``lens.fits``. With ``cube=False`` one file per band is
+            written next to it, named ``lens_g.fits``, ``lens_r.fits``, ...
+        image: Pixels (bands, H, W), e.g. one simulated ``x`` of a store.
+        bands: Band names, in the order of ``image``.
+        pixel_scale: Pixel side in arcsec/pixel.
+        cube: One (bands, H, W) cube, or one 2-D file per band.
+        scale_keyword: How the scale is stated: ``"cd"`` (TAN WCS with a CD matrix),
+            ``"cdelt"`` (TAN WCS with CDELT), ``"pixscale"`` (PIXSCALE in arcsec/pixel)
+            or None (no scale).
+        band_keyword: ``"BAND"`` or ``"FILTER"`` (``BAND1..n`` in a cube), or None.
+        overwrite: Replace existing files.
+
+    Returns:
+        The files written.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    bands = list(bands)
+    if image.ndim != 3 or image.shape[0] != len(bands):
+        raise ValueError(
+            f"image: expected ({len(bands)}, H, W) for bands {bands}, got {image.shape}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(image.shape[-2:])
+    if cube:
+        header = fits.Header()
+        _scale_cards(header, shape, pixel_scale, scale_keyword)
+        for i, band in enumerate(bands):
+            if band_keyword is not None:
+                header[f"{band_keyword}{i + 1}"] = (band, f"band of plane {i + 1}")
+        fits.PrimaryHDU(image, header=header).writeto(path, overwrite=overwrite)
+        return [path]
+    written = []
+    for band, plane in zip(bands, image, strict=True):
+        header = fits.Header()
+        _scale_cards(header, shape, pixel_scale, scale_keyword)
+        if band_keyword is not None:
+            header[band_keyword] = band
+        target = path.with_name(f"{path.stem}_{band}{path.suffix or '.fits'}")
+        fits.PrimaryHDU(plane, header=header).writeto(target, overwrite=overwrite)
+        written.append(target)
+    return written

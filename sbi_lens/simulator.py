@@ -1,0 +1,304 @@
+"""LensSimulator: multi-band survey images of strong lenses with lenstronomy.
+
+This is the only module that builds lenstronomy keyword arguments. The lenstronomy
+models (one ``SimAPI`` and ``ImageModel`` per band, one ``LensModel`` and one
+``LightModel``) are built once; per lens only the kwargs change.
+
+The bands share the pixel grid, so the expensive steps are done once per lens: ray
+shooting on the supersampled grid and the Sérsic shapes of lens and source (each
+evaluated with amplitude 1). A band's image is then, by linearity,
+``a_lens · L + a_source · S``, binned to pixels and convolved with the band's Gaussian
+PSF by lenstronomy's own numerics, exactly as ``ImageModel.image`` does it. Noise
+(background from sky and read noise, and Poisson noise of the lens) follows
+lenstronomy's noise model and is drawn from an explicit ``numpy.random.Generator``.
+
+Image units: electrons per second per pixel (lenstronomy's default data unit),
+sky-subtracted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sbi_lens.config import SimulationConfig
+from sbi_lens.cosmology import distance_table
+from sbi_lens.population import Population, draw_population, nuisance_names
+from sbi_lens.surveys import band_settings, pixel_scale
+
+LENS_MODEL = ["SIE", "SHEAR"]
+LIGHT_MODEL = ["SERSIC_ELLIPSE"]
+
+
+@dataclass(frozen=True)
+class SimulationOutput:
+    """Images of N lenses and the nuisance draws behind them.
+
+    Attributes:
+        images: (N, bands, H, W) float32 [e-/s per pixel].
+        nuisance: (N, k) float64, columns named by ``nuisance_names``.
+        nuisance_names: names of the nuisance columns.
+    """
+
+    images: np.ndarray
+    nuisance: np.ndarray
+    nuisance_names: tuple[str, ...]
+
+
+def _as_rng(seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return np.random.default_rng(seed)
+    raise ValueError(f"seed must be an int, None or a numpy Generator, got {type(seed).__name__}")
+
+
+def _as_theta(theta) -> np.ndarray:
+    if hasattr(theta, "detach"):  # torch tensor
+        theta = theta.detach().cpu().numpy()
+    theta = np.asarray(theta, dtype=float)
+    if theta.ndim == 1 and theta.shape[0] == 4:
+        theta = theta[None]
+    if theta.ndim != 2 or theta.shape[1] != 4:
+        raise ValueError(f"theta must have shape (N, 4), got {theta.shape}")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta contains NaN or inf")
+    return theta
+
+
+class LensSimulator:
+    """Simulate survey images of galaxy–galaxy strong lenses given θ.
+
+    Args:
+        config: simulation settings (prior cosmology, survey, population).
+
+    Example:
+        >>> simulator = LensSimulator(load_config("lsst_gri"))
+        >>> out = simulator.simulate(theta, seed=0)    # theta (N, 4)
+        >>> out.images.shape                          # (N, 3, 64, 64)
+    """
+
+    def __init__(self, config: SimulationConfig):
+        from lenstronomy.LensModel.lens_model import LensModel
+        from lenstronomy.LightModel.light_model import LightModel
+        from lenstronomy.SimulationAPI.sim_api import SimAPI
+
+        self.config = config
+        survey = config.survey
+        self._table = distance_table(config.prior.cosmology)
+        self._pixel_scale = pixel_scale(survey)
+        self._num_pixels = survey.num_pixels
+        self.kwargs_band = band_settings(survey)
+        self.kwargs_model = {
+            "lens_model_list": list(LENS_MODEL),
+            "source_light_model_list": list(LIGHT_MODEL),
+            "lens_light_model_list": list(LIGHT_MODEL),
+        }
+        self.kwargs_numerics = {
+            "supersampling_factor": survey.supersampling,
+            "supersampling_convolution": False,
+        }
+        self._sims = [SimAPI(survey.num_pixels, kw, self.kwargs_model) for kw in self.kwargs_band]
+        self._image_models = [sim.image_model_class(self.kwargs_numerics) for sim in self._sims]
+        self._numerics = [model.ImageNumerics for model in self._image_models]
+        self._lens_model = LensModel(list(LENS_MODEL))
+        self._light_model = LightModel(list(LIGHT_MODEL))
+        self._x, self._y = self._numerics[0].coordinates_evaluate
+        self._nuisance_names = nuisance_names(survey.bands)
+        self._index = {name: i for i, name in enumerate(self._nuisance_names)}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Band names, in channel order."""
+        return tuple(self.config.survey.bands)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(bands, H, W) of one lens."""
+        return (len(self.bands), self._num_pixels, self._num_pixels)
+
+    @property
+    def pixel_scale(self) -> float:
+        """Pixel size [arcsec]."""
+        return self._pixel_scale
+
+    @property
+    def nuisance_names(self) -> tuple[str, ...]:
+        """Names of the nuisance columns of :meth:`simulate`'s output."""
+        return self._nuisance_names
+
+    @property
+    def pixel_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) angular coordinates [arcsec] of the pixel centres, each (H, W)."""
+        return self._image_models[0].Data.pixel_coordinates
+
+    @property
+    def background_rms(self) -> np.ndarray:
+        """(bands,) background noise rms per pixel [e-/s] (sky + read noise)."""
+        return np.array([sim.background_noise for sim in self._sims])
+
+    # ------------------------------------------------------------------ kwargs
+    def draw_nuisance(self, theta, rng: np.random.Generator) -> Population:
+        """Nuisance draws for θ (see :func:`sbi_lens.population.draw_population`)."""
+        return draw_population(
+            _as_theta(theta), self.config.population, self.config.survey, self._table, rng
+        )
+
+    def _shape_kwargs(self, theta_row: np.ndarray, row: np.ndarray):
+        col = self._index
+        centre_x, centre_y = float(row[col["lens_center_x"]]), float(row[col["lens_center_y"]])
+        e1, e2 = float(row[col["lens_e1"]]), float(row[col["lens_e2"]])
+        kwargs_lens = [
+            {
+                "theta_E": float(theta_row[2]),
+                "e1": e1,
+                "e2": e2,
+                "center_x": centre_x,
+                "center_y": centre_y,
+            },
+            {
+                "gamma1": float(row[col["shear_gamma1"]]),
+                "gamma2": float(row[col["shear_gamma2"]]),
+                "ra_0": 0.0,
+                "dec_0": 0.0,
+            },
+        ]
+        kwargs_lens_light = {
+            "R_sersic": float(row[col["lens_R_sersic"]]),
+            "n_sersic": float(self.config.population.lens_sersic_index),
+            "e1": e1,
+            "e2": e2,
+            "center_x": centre_x,
+            "center_y": centre_y,
+        }
+        kwargs_source = {
+            "R_sersic": float(row[col["source_R_sersic"]]),
+            "n_sersic": float(self.config.population.source_sersic_index),
+            "e1": float(row[col["source_e1"]]),
+            "e2": float(row[col["source_e2"]]),
+            "center_x": float(row[col["source_x"]]),
+            "center_y": float(row[col["source_y"]]),
+        }
+        return kwargs_lens, kwargs_lens_light, kwargs_source
+
+    def _amplitudes(self, row, kwargs_lens_light, kwargs_source) -> tuple[np.ndarray, np.ndarray]:
+        """(bands,) lenstronomy 'amp' of lens and source from the apparent magnitudes."""
+        from lenstronomy.Util import data_util
+
+        lens_norm = self._light_model.total_flux([kwargs_lens_light], norm=True)[0]
+        source_norm = self._light_model.total_flux([kwargs_source], norm=True)[0]
+        lens_amp, source_amp = [], []
+        for band, kwargs in zip(self.bands, self.kwargs_band, strict=True):
+            zero_point = kwargs["magnitude_zero_point"]
+            lens_mag = row[self._index[f"lens_mag_{band}"]]
+            source_mag = row[self._index[f"source_mag_{band}"]]
+            lens_amp.append(data_util.magnitude2cps(lens_mag, zero_point) / lens_norm)
+            source_amp.append(data_util.magnitude2cps(source_mag, zero_point) / source_norm)
+        return np.array(lens_amp), np.array(source_amp)
+
+    def lenstronomy_kwargs(self, theta_row, nuisance_row, band: str) -> dict:
+        """The lenstronomy kwargs that render one lens in one band.
+
+        Args:
+            theta_row: (4,) θ of the lens.
+            nuisance_row: (k,) its nuisance values (columns as :attr:`nuisance_names`).
+            band: one of :attr:`bands`.
+
+        Returns:
+            dict with ``kwargs_lens``, ``kwargs_source``, ``kwargs_lens_light`` (lists of
+            dicts, amplitudes in lenstronomy's 'amp' for this band), ``kwargs_band``
+            (``kwargs_single_band``), ``kwargs_model`` and ``kwargs_numerics``, enough to
+            rebuild the image with ``SimAPI(...).image_model_class(...).image(...)``.
+        """
+        if band not in self.bands:
+            raise ValueError(f"band {band!r} is not simulated; expected one of {self.bands}")
+        theta_row = _as_theta(theta_row)[0]
+        row = np.asarray(nuisance_row, dtype=float)
+        kwargs_lens, kwargs_lens_light, kwargs_source = self._shape_kwargs(theta_row, row)
+        lens_amp, source_amp = self._amplitudes(row, kwargs_lens_light, kwargs_source)
+        b = self.bands.index(band)
+        return {
+            "kwargs_lens": kwargs_lens,
+            "kwargs_source": [{"amp": float(source_amp[b]), **kwargs_source}],
+            "kwargs_lens_light": [{"amp": float(lens_amp[b]), **kwargs_lens_light}],
+            "kwargs_band": dict(self.kwargs_band[b]),
+            "kwargs_model": {key: list(value) for key, value in self.kwargs_model.items()},
+            "kwargs_numerics": dict(self.kwargs_numerics),
+        }
+
+    # ------------------------------------------------------------------ images
+    def render(self, theta, nuisance) -> np.ndarray:
+        """Noise-free images.
+
+        Args:
+            theta: (N, 4) θ.
+            nuisance: (N, k) nuisance values, columns as :attr:`nuisance_names`.
+
+        Returns:
+            (N, bands, H, W) float64 [e-/s per pixel].
+        """
+        theta = _as_theta(theta)
+        nuisance = np.asarray(nuisance, dtype=float)
+        if nuisance.shape != (len(theta), len(self._nuisance_names)):
+            raise ValueError(
+                f"nuisance must have shape ({len(theta)}, {len(self._nuisance_names)}), "
+                f"got {nuisance.shape}"
+            )
+        images = np.empty((len(theta), *self.image_shape))
+        light = self._light_model
+        for i in range(len(theta)):
+            kwargs_lens, kwargs_lens_light, kwargs_source = self._shape_kwargs(
+                theta[i], nuisance[i]
+            )
+            lens_amp, source_amp = self._amplitudes(nuisance[i], kwargs_lens_light, kwargs_source)
+            beta_x, beta_y = self._lens_model.ray_shooting(self._x, self._y, kwargs_lens)
+            source = light.surface_brightness(beta_x, beta_y, [{"amp": 1.0, **kwargs_source}])
+            lens = light.surface_brightness(self._x, self._y, [{"amp": 1.0, **kwargs_lens_light}])
+            for b, numerics in enumerate(self._numerics):
+                images[i, b] = numerics.re_size_convolve(
+                    source_amp[b] * source + lens_amp[b] * lens
+                )
+        return images
+
+    def noise_rms(self, images: np.ndarray) -> np.ndarray:
+        """Per-pixel noise rms [e-/s] of noise-free images (N, bands, H, W).
+
+        lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp.
+        """
+        rms = np.empty_like(images, dtype=float)
+        for b, sim in enumerate(self._sims):
+            rms[:, b] = sim.estimate_noise(np.array(images[:, b], dtype=float))
+        return rms
+
+    def simulate(self, theta, seed=None, *, nuisance=None, noise: bool = True) -> SimulationOutput:
+        """Simulate images of lenses with parameters θ.
+
+        Args:
+            theta: (N, 4) numpy array or torch tensor, θ = (z_lens, z_source,
+                theta_E [arcsec], sigma_v [km/s]).
+            seed: int, None or ``numpy.random.Generator``; the nuisance draws and then the
+                noise are taken from it, so the same seed gives the same output.
+            nuisance: optional (N, k) nuisance values to use instead of drawing them.
+            noise: add background and Poisson noise.
+
+        Returns:
+            :class:`SimulationOutput` with float32 images (N, bands, H, W).
+
+        Raises:
+            ValueError: bad θ shape/values, seed type or nuisance shape.
+        """
+        theta = _as_theta(theta)
+        rng = _as_rng(seed)
+        if nuisance is None:
+            nuisance = self.draw_nuisance(theta, rng).values
+        images = self.render(theta, nuisance)
+        if noise:
+            rms = self.noise_rms(images)
+            images = images + rms * rng.standard_normal(images.shape)
+        return SimulationOutput(
+            images=images.astype(np.float32),
+            nuisance=np.asarray(nuisance, dtype=float),
+            nuisance_names=self._nuisance_names,
+        )

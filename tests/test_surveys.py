@@ -1,0 +1,82 @@
+"""Band settings come from lenstronomy's ObservationConfig, unmodified."""
+
+import numpy as np
+import pytest
+from lenstronomy.SimulationAPI.ObservationConfig.DES import DES
+from lenstronomy.SimulationAPI.ObservationConfig.Euclid import Euclid
+from lenstronomy.SimulationAPI.ObservationConfig.LSST import LSST
+from pydantic import ValidationError
+
+from sbi_lens.config import SURVEY_BANDS, SurveyConfig
+from sbi_lens.surveys import band_settings, band_wavelengths, pixel_scale
+
+
+def test_lsst_settings_are_lenstronomys():
+    survey = SurveyConfig(name="LSST", bands=("g", "r", "i"), coadd_years=10)
+    settings = band_settings(survey)
+    for band, kwargs in zip(survey.bands, settings, strict=True):
+        assert kwargs == LSST(band=band, coadd_years=10).kwargs_single_band()
+    assert pixel_scale(survey) == 0.2
+
+
+def test_coadd_years_scale_the_number_of_exposures():
+    ten = band_settings(SurveyConfig(name="LSST", bands=("r",), coadd_years=10))[0]
+    one = band_settings(SurveyConfig(name="LSST", bands=("r",), coadd_years=1))[0]
+    assert one["num_exposures"] == ten["num_exposures"] // 10
+    assert one["exposure_time"] == ten["exposure_time"]
+
+
+def test_pixel_scale_override():
+    survey = SurveyConfig(name="Euclid", bands=("VIS",), pixel_scale=0.05)
+    (kwargs,) = band_settings(survey)
+    assert kwargs["pixel_scale"] == 0.05 and pixel_scale(survey) == 0.05
+    assert kwargs["seeing"] == Euclid(band="VIS").kwargs_single_band()["seeing"]
+
+
+def test_mixed_native_pixel_scales_need_an_override():
+    survey = SurveyConfig(name="Euclid", bands=("VIS", "H"))
+    with pytest.raises(ValueError, match="pixel_scale"):
+        pixel_scale(survey)
+    assert pixel_scale(survey.model_copy(update={"pixel_scale": 0.1})) == 0.1
+
+
+def test_lenstronomy_module_dicts_do_not_leak_between_calls():
+    # lenstronomy's DES mutates its module-level band dict when coadd_years != 3.
+    deep = band_settings(SurveyConfig(name="DES", bands=("g",), coadd_years=6))[0]
+    default = band_settings(SurveyConfig(name="DES", bands=("g",)))[0]
+    assert deep["num_exposures"] == 20
+    assert default["num_exposures"] == DES(band="g").kwargs_single_band()["num_exposures"] == 10
+
+
+@pytest.mark.parametrize("survey", sorted(SURVEY_BANDS))
+def test_every_listed_band_is_supported(survey):
+    modes = ["wide_area", "time_domain_wide", "time_domain_deep", "microlensing"]
+    for band in SURVEY_BANDS[survey]:
+        candidates = modes if survey == "Roman" else [None]
+        ok = []
+        for candidate in candidates:
+            try:
+                config = SurveyConfig(name=survey, bands=(band,), survey_mode=candidate)
+            except ValidationError:
+                continue
+            ok.append(band_settings(config)[0]["seeing"] > 0)
+        assert ok and all(ok), (survey, band)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "LSST", "bands": ("g",), "coadd_years": 11}, "coadd_years"),
+        ({"name": "Roman", "bands": ("F062",)}, "F062"),
+        ({"name": "HST", "bands": ("F160W",), "coadd_years": 2}, "coadd_years"),
+        ({"name": "LSST", "bands": ("g",), "survey_mode": "wide_area"}, "survey_mode"),
+    ],
+)
+def test_unsupported_settings_raise(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        SurveyConfig(**kwargs)
+
+
+def test_wavelengths_are_ordered_like_the_filters():
+    survey = SurveyConfig(name="LSST", bands=("u", "g", "r", "i", "z", "y"))
+    assert np.all(np.diff(band_wavelengths(survey)) > 0)
