@@ -55,9 +55,7 @@ def sampling(num_obs: int, num_samples: int, seed: int = 0) -> dict:
     x_obs = _images(num_obs, 64, g)
     out = {}
     builders = {
-        "sbi_nsf_resnet2d": posterior_nn(
-            "nsf", embedding_net=ResNetEmbedding2D(c_in=3, c_out=64)
-        ),
+        "sbi_nsf_resnet2d": posterior_nn("nsf", embedding_net=ResNetEmbedding2D(c_in=3, c_out=64)),
         "lens_spline_flow": spline_flow(prior=prior, embedding_net=LensResNet(3)),
     }
     for name, builder in builders.items():

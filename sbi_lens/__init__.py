@@ -1,6 +1,46 @@
-"""sbi-lens: amortized inference of strong-lens parameters with sbi."""
+"""sbi-lens: amortized, calibrated inference of strong-lens parameters with sbi.
+
+The public API is listed here, in one place. Names resolve lazily (PEP 562) so that
+``sbi-lens --help`` and Dask workers do not pay for importing sbi and lenstronomy.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
 PARAMETER_NAMES = ("z_lens", "z_source", "theta_E", "sigma_v")
 PARAMETER_LABELS = ("$z_l$", "$z_s$", r"$\theta_E$ [arcsec]", r"$\sigma_v$ [km/s]")
+
+_PUBLIC = {
+    "DiagnosticsReport": "sbi_lens.diagnostics",
+    "DistanceTable": "sbi_lens.cosmology",
+    "LensPrior": "sbi_lens.priors",
+    "LensResNet": "sbi_lens.nn.embedding",
+    "LensSimulator": "sbi_lens.simulator",
+    "SimulationConfig": "sbi_lens.config",
+    "SimulationStore": "sbi_lens.store",
+    "SplineFlow": "sbi_lens.nn.flow",
+    "TrainConfig": "sbi_lens.training",
+    "einstein_radius": "sbi_lens.cosmology",
+    "load_config": "sbi_lens.config",
+    "load_posterior": "sbi_lens.training",
+    "register": "sbi_lens.registry",
+    "run_diagnostics": "sbi_lens.diagnostics",
+    "run_simulation": "sbi_lens.parallel",
+    "spline_flow": "sbi_lens.nn.flow",
+    "train": "sbi_lens.training",
+}
+
+__all__ = ["PARAMETER_LABELS", "PARAMETER_NAMES", "__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sbi_lens' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -113,6 +113,62 @@ def _train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- diagnose
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="R², coverage, SBC and TARP of a model on a held-out store")
+    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("store", help="held-out simulation store (not the training store)")
+    p.add_argument("--out", required=True, help="REPORT folder to write")
+    p.add_argument("--num-obs", type=_positive_int, default=2000, help="test lenses (2000)")
+    p.add_argument("--num-samples", type=_positive_int, default=1000, help="samples/lens (1000)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-c2st", action="store_true", help="skip SBC's C2ST (about 30 s)")
+    p.set_defaults(handler=_diagnose)
+
+
+def _diagnose(args) -> int:
+    from sbi_lens.report import diagnose
+
+    _, _, summary = diagnose(
+        args.model,
+        args.store,
+        args.out,
+        num_obs=args.num_obs,
+        num_samples=args.num_samples,
+        device=args.device,
+        seed=args.seed,
+        c2st=not args.no_c2st,
+    )
+    print(summary)
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+# ---------------------------------------------------------------------- quickstart
+def _add_quickstart(sub) -> None:
+    p = sub.add_parser(
+        "quickstart", help="small simulate → train → diagnose run (minutes on a CPU)"
+    )
+    p.add_argument("--out", default="quickstart-out", help="folder for stores, model and report")
+    p.add_argument("--num", type=_positive_int, default=None, help="training lenses")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
+    p.add_argument("--workers", type=_positive_int, default=None, help="simulation processes")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.set_defaults(handler=_quickstart)
+
+
+def _quickstart(args) -> int:
+    from sbi_lens.quickstart import run_quickstart
+
+    result = run_quickstart(
+        args.out, num=args.num, epochs=args.epochs, workers=args.workers, device=args.device
+    )
+    print(result.summary)
+    print(f"report: {result.report_dir / 'report.md'}  ({result.seconds / 60:.1f} min in all)")
+    return 0
+
+
 # ---------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -126,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_simulate, _add_show, _add_train]
+def _add_infer(sub) -> None:
+    from sbi_lens.inference import add_infer_parser
+
+    add_infer_parser(sub)
+
+
+_SUBCOMMANDS = [_add_simulate, _add_show, _add_train, _add_diagnose, _add_infer, _add_quickstart]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -140,7 +140,9 @@ def _read_fits(path: str | Path) -> _FitsImage:
 def _first_image(path: Path) -> tuple[np.ndarray | None, fits.Header | None]:
     """Data and header of the first HDU with a ≥ 2-D image, or (None, None)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", fits.verify.VerifyWarning)  # truncated files
+        # A truncated or malformed file should fail here, not give a half-read image.
+        warnings.simplefilter("error", fits.verify.VerifyWarning)
+        warnings.filterwarnings("error", message="File may have been truncated")
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
                 if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
@@ -326,17 +328,15 @@ _NAME_TOKEN = re.compile(r"[_\-.]([A-Za-z0-9]+)$")
 
 
 def _file_band(item: _FitsImage, spec: ImageSpec) -> str | None:
-    """The band of a single-band file from its header keyword or a ``_g`` name suffix."""
+    """The band of a single-band file: its BAND/FILTER value or a ``_g`` name suffix.
+
+    A header value that names none of the model's bands is returned as is, so extra
+    bands are dropped and missing ones reported by :func:`_select_bands`.
+    """
     found = _header_band(item.header, None)
     if found is not None:
-        key, value = found
-        band = _match_band(value, spec.bands)
-        if band is None:
-            raise ValueError(
-                f"{item.path}: {key} = {value!r} is none of the model's bands "
-                f"({','.join(spec.bands)})"
-            )
-        return band
+        value = str(found[1]).strip()
+        return _match_band(value, spec.bands) or value
     token = _NAME_TOKEN.search(item.path.stem)
     return _match_band(token.group(1), spec.bands) if token else None
 

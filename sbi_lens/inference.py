@@ -175,11 +175,13 @@ def _write_lens(out: Path, cutout: Cutout, samples: np.ndarray, corner: bool) ->
     if corner:
         from sbi_lens.plots import plot_posterior_corner
 
-        # Real cutouts have no true θ: NaN draws no marker.
-        nothing = np.full(len(PARAMETER_NAMES), np.nan)
         files.append(
             plot_posterior_corner(
-                samples, nothing, out / f"{cutout.name}_corner.png", parameter_names=PARAMETER_NAMES
+                samples,
+                None,  # a real cutout has no known truth
+                out / f"{cutout.name}_corner.png",
+                parameter_names=PARAMETER_NAMES,
+                title=f"Posterior of {cutout.name}",
             )
         )
     return files

@@ -259,44 +259,54 @@ def plot_tarp_curve(tarp: TARPResult, path: str | Path) -> Path:
 
 def plot_posterior_corner(
     samples: np.ndarray | torch.Tensor,
-    theta: np.ndarray | torch.Tensor,
+    theta: np.ndarray | torch.Tensor | None,
     path: str | Path,
     *,
     parameter_names: Sequence[str],
     labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
-    """Corner plot of one lens's posterior samples with its true parameters.
+    """Corner plot of one lens's posterior samples, with its true parameters if known.
 
     Args:
         samples: Posterior samples of one lens, (S, D), in parameter units.
-        theta: Its true parameters, (D,).
+        theta: Its true parameters, (D,), or None for a real lens.
         path: Output PNG path.
         parameter_names: D parameter names.
         labels: D axis labels with units; default the project's labels.
+        title: Figure title; by default it says what the red marks are.
 
     Returns:
         The PNG path.
     """
     samples = torch.as_tensor(samples, dtype=torch.float32)
-    theta = torch.as_tensor(theta, dtype=torch.float32).reshape(1, -1)
     names = list(parameter_names)
-    if samples.ndim != 2 or samples.shape[1] != len(names) or theta.shape[1] != len(names):
+    points = None if theta is None else torch.as_tensor(theta, dtype=torch.float32).reshape(1, -1)
+    if (
+        samples.ndim != 2
+        or samples.shape[1] != len(names)
+        or (points is not None and points.shape[1] != len(names))
+    ):
         raise ValueError(
             f"samples, theta: expected shapes (S, {len(names)}) and ({len(names)},), "
-            f"got {tuple(samples.shape)} and {tuple(theta.shape[1:])}"
+            f"got {tuple(samples.shape)} and {None if points is None else tuple(points.shape[1:])}"
         )
     from sbi.analysis import pairplot
 
+    kwargs = (
+        {"points": points, "fig_kwargs": {"points_colors": ["red"]}} if points is not None else {}
+    )
     fig, _ = pairplot(
         samples,
-        points=theta,
         labels=_labels(names, labels),
         figsize=(2.3 * len(names), 2.3 * len(names)),
         upper="contour",
         diag="hist",
-        fig_kwargs={"points_colors": ["red"]},
+        **kwargs,
     )
-    fig.suptitle("Posterior of one lens (red: truth)", y=1.01)
+    if title is None:
+        title = "Posterior of one lens" + (" (red: truth)" if points is not None else "")
+    fig.suptitle(title, y=1.01)
     return _save(fig, path)
 
 

@@ -45,7 +45,7 @@ class FlowSettings(_Strict):
     num_blocks: int = Field(5, ge=1, le=20)
     hidden_features: int = Field(128, ge=8)
     num_bins: int = Field(8, ge=2, le=64)
-    num_residual_blocks: int = Field(2, ge=1, le=8)
+    num_residual_blocks: int = Field(1, ge=1, le=8)
 
 
 class EmbeddingSettings(_Strict):

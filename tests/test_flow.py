@@ -74,9 +74,10 @@ def test_log_prob_matches_autograd_jacobian(prior):
     for t in theta:
         jac = torch.autograd.functional.jacobian(lambda v: flow.inverse_transform(v, x0[0]), t)
         z = flow.inverse_transform(t, x0[0])
-        expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum() + torch.linalg.slogdet(
-            jac
-        ).logabsdet
+        expected = (
+            torch.distributions.Normal(0.0, 1.0).log_prob(z).sum()
+            + torch.linalg.slogdet(jac).logabsdet
+        )
         got = flow.log_prob(t.reshape(1, 1, 4), x0)
         assert torch.allclose(got, expected.reshape(1, 1), atol=1e-8)
 
@@ -238,6 +239,8 @@ def test_builder_validates_arguments():
         spline_flow(z_score_theta="sideways")
     with pytest.raises(ValueError, match="embedding_net"):
         spline_flow()(torch.randn(8, 4), torch.randn(8, 3, 32, 32))
+    with pytest.raises(ValueError, match="outside the prior"):
+        spline_flow(prior=box_prior())(HIGH + torch.ones(8, 4), torch.randn(8, 3))
     with pytest.raises(ValueError, match="num_blocks"):
         spline_flow(num_blocks=0)(torch.randn(8, 4), torch.randn(8, 3))
 
@@ -306,3 +309,13 @@ def test_npe_end_to_end_with_images(tmp_path, monkeypatch):
     assert batched.shape == (20, 3, 4)
     log_prob = posterior.log_prob(samples, x=x[0])
     assert log_prob.shape == (50,) and torch.isfinite(log_prob).all()
+
+
+@pytest.mark.gpu
+def test_moves_to_cuda_with_support_bijection():
+    flow, x = small_flow(box_prior())
+    flow = flow.to("cuda").eval()
+    samples = flow.sample((100,), x[:3].cuda())
+    assert samples.device.type == "cuda"
+    assert box_prior().support.check(samples.cpu()).all()
+    assert torch.isfinite(flow.log_prob(samples, x[:3].cuda())).all()

@@ -170,7 +170,7 @@ class Standardize(nn.Module):
         return -self.scale.log().expand(self.shift.shape).sum()
 
 
-def _z_score_stats(v: Tensor, mode: str | None, event_dims: int) -> tuple[Tensor, Tensor]:
+def _z_score_stats(v: Tensor, mode: str | None) -> tuple[Tensor, Tensor]:
     """Mean and std of ``v`` over its batch, per ``mode``; shapes ``v.shape[1:]``."""
     if mode not in _Z_SCORE_OPTIONS:
         raise ValueError(f"z-score mode must be one of {_Z_SCORE_OPTIONS}, got {mode!r}.")
@@ -462,8 +462,8 @@ class SplineFlow(ConditionalDensityEstimator):
         its version counter and the version counters of all weights, so any
         in-place change (optimizer step, ``load_state_dict``) invalidates it.
         """
-        if torch.is_grad_enabled() or self.training:
-            return self._context(condition)
+        if torch.is_grad_enabled() or self.training or condition.is_inference():
+            return self._context(condition)  # inference tensors have no version counter
         versions = tuple(t._version for t in self.parameters()) + tuple(
             b._version for b in self.buffers()
         )
@@ -704,7 +704,9 @@ def spline_flow(
     if z_score_theta not in _Z_SCORE_OPTIONS:
         raise ValueError(f"z_score_theta must be one of {_Z_SCORE_OPTIONS}, got {z_score_theta!r}")
     if z_score_x not in (*_Z_SCORE_OPTIONS, "auto"):
-        raise ValueError(f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}")
+        raise ValueError(
+            f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}"
+        )
 
     def build(batch_theta: Tensor, batch_x: Tensor) -> SplineFlow:
         if batch_theta.dim() != 2:
@@ -717,9 +719,16 @@ def spline_flow(
         batch_theta = batch_theta.float()
         batch_x = batch_x.float()
         bijection = SupportBijection(prior)
+        if prior is not None:
+            outside = int((~prior.support.check(batch_theta)).sum())
+            if outside:
+                raise ValueError(
+                    f"{outside} of {len(batch_theta)} training θ lie outside the prior's "
+                    "support; simulate θ from the prior given to spline_flow."
+                )
         with torch.no_grad():
             u, _ = bijection.to_unconstrained(batch_theta)
-        shift, scale = _z_score_stats(u, z_score_theta, 1)
+        shift, scale = _z_score_stats(u, z_score_theta)
 
         net = embedding_net if embedding_net is not None else nn.Identity()
         mode = z_score_x
@@ -731,7 +740,7 @@ def spline_flow(
             else:
                 mode = "independent" if batch_x.dim() == 2 else "structured"
         if mode not in ("none", None):
-            x_shift, x_scale = _z_score_stats(batch_x, mode, batch_x.dim() - 1)
+            x_shift, x_scale = _z_score_stats(batch_x, mode)
             net = nn.Sequential(Standardize(x_shift, x_scale), net)
         if embedding_net is None and batch_x.dim() != 2:
             raise ValueError(
