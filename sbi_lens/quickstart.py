@@ -46,7 +46,7 @@ def run_quickstart(
     epochs: int | None = None,
     workers: int | None = None,
     device: str = "auto",
-    num_test: int = DEFAULT_TEST_LENSES,
+    num_test: int | None = None,
     num_samples: int = 500,
     progress: bool = True,
 ) -> QuickstartResult:
@@ -59,6 +59,7 @@ def run_quickstart(
     config = load_config("quickstart")
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     num = num or DEFAULT_TRAIN_LENSES
+    num_test = num_test or DEFAULT_TEST_LENSES
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/4] simulating {num} training lenses ({workers} workers) → {out / 'train.zarr'}")
     run_simulation(config, num, out / "train.zarr", seed=1, workers=workers, progress=progress)

@@ -170,3 +170,14 @@ def test_streaming_keeps_memory_bounded(tmp_path):
     print(f"peak growth {peak - base:.0f} MB for {store_mb:.0f} MB of images")
     assert store_mb > 3 * cap_mb
     assert peak - base < cap_mb, f"grew by {peak - base:.0f} MB for a {store_mb:.0f} MB store"
+
+
+@pytest.mark.gpu
+def test_trains_and_samples_on_cuda(ring_store, tmp_path):
+    result = train(ring_store.path, tmp_path / "gpu", SMALL, device="cuda", progress=False)
+    posterior = load_posterior(result.model_dir, device="cuda")
+    _, x = ring_store.read_chunk(0)
+    samples = posterior.sample_batched(
+        (100,), torch.as_tensor(x[:4]).cuda(), show_progress_bars=False
+    )
+    assert samples.device.type == "cuda" and samples.shape == (100, 4, 4)
