@@ -374,6 +374,22 @@ def _stretch(image: np.ndarray) -> np.ndarray:
     return np.arcsinh(10 * scaled) / np.arcsinh(10)
 
 
+def _lupton_rgb(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
+    """Colour composite (Lupton et al. 2004, astropy's make_lupton_rgb).
+
+    The asinh softening sits at a few times the sky noise (estimated by the MAD of all
+    three bands) so faint arcs stay visible next to a bright lens galaxy.
+    """
+    from astropy.visualization import make_lupton_rgb
+
+    stack = np.stack([red, green, blue])
+    sky = np.median(stack)
+    noise = 1.4826 * np.median(np.abs(stack - sky))
+    peak = np.percentile(stack, 99.9) - sky
+    stretch = max(peak / 8.0, 3 * noise, 1e-12)
+    return make_lupton_rgb(red - sky, green - sky, blue - sky, minimum=0, stretch=stretch, Q=8)
+
+
 def plot_montage(
     x: np.ndarray | torch.Tensor,
     theta: np.ndarray | torch.Tensor,
@@ -418,8 +434,7 @@ def plot_montage(
             continue
         img = x[i]
         if img.shape[0] >= 3:
-            ax.imshow(np.stack([_stretch(img[c]) for c in (-1, -2, -3)], axis=-1),
-                      origin="lower")  # fmt: skip
+            ax.imshow(_lupton_rgb(img[-1], img[-2], img[-3]), origin="lower")
         else:
             ax.imshow(_stretch(img[0]), origin="lower", cmap="gray")
         z_l, z_s, t_e, s_v = theta[i]
