@@ -19,6 +19,17 @@ import torch
 from sbi_lens.config import SimulationConfig, parse_config
 from sbi_lens.store import SimulationStore, StoreError
 
+# Dask spawns workers with MALLOC_TRIM_THRESHOLD_=64 KiB. Setting it at all switches off
+# glibc's adaptive mmap threshold, so every image-sized buffer (≥128 KiB) is mmapped and
+# page-faulted afresh: 60-70 % of a worker's time went to the kernel, a 3-4x slowdown.
+# Large thresholds give the heap back its reuse. They must be set before the worker
+# process starts (pre-spawn), as glibc reads them once. For a cluster started by hand,
+# export the same variables on the worker nodes (docs/scaling.md).
+WORKER_MALLOC_ENVIRON = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(16 * 2**20),
+}
+
 
 @dataclass(frozen=True)
 class ChunkResult:
@@ -158,13 +169,16 @@ def _run_on_dask(store_path: str, pending: list[int], workers: int, scheduler, r
         client = Client(scheduler)
         cluster = None
     else:
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=40,
-        )
+        import dask
+
+        with dask.config.set(WORKER_MALLOC_ENVIRON):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
+            )
         client = Client(cluster)
     try:
         futures = [
