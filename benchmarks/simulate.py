@@ -110,11 +110,31 @@ def pool_rate(config, theta: np.ndarray, workers: int, chunk: int = 50) -> float
         return done / (time.perf_counter() - start)
 
 
+def store_rate(config, num: int, workers: int) -> float:
+    """Lenses/s of the whole `sbi-lens simulate` path (Dask pool, zarr writes), startup
+    included: what a user sees for a run of ``num`` lenses."""
+    import shutil
+    import tempfile
+
+    from sbi_lens.parallel import run_simulation
+
+    folder = tempfile.mkdtemp()
+    try:
+        start = time.perf_counter()
+        run_simulation(config, num, f"{folder}/s.zarr", seed=0, workers=workers, progress=False)
+        return num / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="lsst_gri")
     parser.add_argument("--num", type=int, default=400, help="lenses for LensSimulator timings")
     parser.add_argument("--naive-num", type=int, default=20, help="lenses for the naive loop")
+    parser.add_argument(
+        "--store-num", type=int, default=2048, help="lenses for the end-to-end run_simulation"
+    )
     args = parser.parse_args(argv)
 
     from sbi_lens.simulator import LensSimulator
@@ -143,6 +163,8 @@ def main(argv=None) -> int:
     pool_theta = np.concatenate([theta[: args.num]] * 2)
     one = pool_rate(config, theta[: args.num], 1)
     two = pool_rate(config, pool_theta, 2)
+    store_one = store_rate(config, args.store_num, 1)
+    store_two = store_rate(config, args.store_num, 2)
     result = {
         "benchmark": "simulate",
         "config": config.name,
@@ -156,6 +178,9 @@ def main(argv=None) -> int:
         "pool_1_worker_lenses_per_s": round(one, 1),
         "pool_2_workers_lenses_per_s": round(two, 1),
         "scaling_2_vs_1": round(two / one, 2),
+        "store_run_1_worker_lenses_per_s": round(store_one, 1),
+        "store_run_2_workers_lenses_per_s": round(store_two, 1),
+        "store_run_scaling_2_vs_1": round(store_two / store_one, 2),
         "max_rel_diff_vs_naive_noise_free": agree,
         "num_lenses": args.num,
         "naive_num_lenses": args.naive_num,
