@@ -24,28 +24,8 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------- 1-D distributions
-class UniformDist(_Strict):
-    """Uniform on [low, high]."""
-
-    kind: Literal["uniform"] = "uniform"
-    low: float
-    high: float
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
-        return self
-
-
-class TruncatedNormalDist(_Strict):
-    """Normal(mean, std) truncated to [low, high] (high may be omitted: no upper bound)."""
-
-    kind: Literal["truncated_normal"] = "truncated_normal"
-    mean: float
-    std: float = Field(gt=0)
-    low: float
-    high: float | None = None
+class _Interval(_Strict):
+    """A distribution on [low, high]; high None means no upper bound."""
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -54,21 +34,33 @@ class TruncatedNormalDist(_Strict):
         return self
 
 
-class ComovingVolumeDist(_Strict):
+class UniformDist(_Interval):
+    """Uniform on [low, high]."""
+
+    kind: Literal["uniform"] = "uniform"
+    low: float
+    high: float
+
+
+class TruncatedNormalDist(_Interval):
+    """Normal(mean, std) truncated to [low, high] (high may be omitted: no upper bound)."""
+
+    kind: Literal["truncated_normal"] = "truncated_normal"
+    mean: float
+    std: float = Field(gt=0)
+    low: float
+    high: float | None = None
+
+
+class ComovingVolumeDist(_Interval):
     """Redshift density ∝ dV_c/dz on [low, high]: a non-evolving population."""
 
     kind: Literal["comoving_volume"] = "comoving_volume"
     low: float = Field(ge=0)
     high: float
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
-        return self
 
-
-class VelocityDispersionFunctionDist(_Strict):
+class VelocityDispersionFunctionDist(_Interval):
     """Early-type velocity-dispersion function (Choi, Park & Vogeley 2007) on [low, high].
 
     φ(σ) ∝ (σ/σ*)^α exp[-(σ/σ*)^β] / σ, with σ* = 161 km/s, α = 2.32, β = 2.67.
@@ -80,12 +72,6 @@ class VelocityDispersionFunctionDist(_Strict):
     sigma_star: float = Field(161.0, gt=0)
     alpha: float = 2.32
     beta: float = Field(2.67, gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
-        return self
 
 
 Distribution1D = Annotated[
