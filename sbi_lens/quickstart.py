@@ -15,9 +15,9 @@ from sbi_lens.config import load_config
 from sbi_lens.parallel import run_simulation
 from sbi_lens.training import TrainConfig, train
 
-DEFAULT_TRAIN_LENSES = 12_000
+DEFAULT_TRAIN_LENSES = 16_000
 DEFAULT_TEST_LENSES = 1_000
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 15
 QUICKSTART_TRAINING = TrainConfig(
     batch_size=128,
     learning_rate=2e-3,
