@@ -17,6 +17,7 @@ def test_cli_help_is_quick_to_import():
 
 
 def test_python_dash_m_runs_the_cli():
-    out = subprocess.run([sys.executable, "-m", "sbi_lens", "--version"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "sbi_lens", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == f"sbi-lens {sbi_lens.__version__}"
