@@ -78,40 +78,14 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(quickstart, "QUICKSTART_TRAINING", TINY)
     monkeypatch.setattr(quickstart, "DEFAULT_TEST_LENSES", 40)
     torch.manual_seed(0)
-    status = main(
-        [
-            "quickstart",
-            "--out",
-            str(tmp_path / "qs"),
-            "--num",
-            "500",
-            "--epochs",
-            "1",
-            "--workers",
-            "1",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert status == 0
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--num", "500", "--epochs", "1",
+            "--workers", "1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "R2 mean" in printed and str(tmp_path / "qs" / "report" / "report.md") in printed
     # Running it again resumes: nothing is simulated or trained twice.
-    assert (
-        main(
-            [
-                "quickstart",
-                "--out",
-                str(tmp_path / "qs"),
-                "--num",
-                "500",
-                "--epochs",
-                "1",
-                "--workers",
-                "1",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    weights = tmp_path / "qs" / "model" / "weights.pt"
+    chunk = next((tmp_path / "qs" / "train.zarr" / "x" / "c").iterdir())
+    stamps = weights.stat().st_mtime_ns, chunk.stat().st_mtime_ns
+    assert main(args) == 0
+    assert (weights.stat().st_mtime_ns, chunk.stat().st_mtime_ns) == stamps
