@@ -8,8 +8,7 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-PARAMETER_NAMES = ("z_lens", "z_source", "theta_E", "sigma_v")
-PARAMETER_LABELS = ("$z_l$", "$z_s$", r"$\theta_E$ [arcsec]", r"$\sigma_v$ [km/s]")
+from sbi_lens.parameters import PARAMETER_LABELS, PARAMETER_NAMES, PARAMETERS, Parameter
 
 _PUBLIC = {
     "DiagnosticsReport": "sbi_lens.diagnostics",
@@ -31,7 +30,14 @@ _PUBLIC = {
     "train": "sbi_lens.training",
 }
 
-__all__ = ["PARAMETER_LABELS", "PARAMETER_NAMES", "__version__", *sorted(_PUBLIC)]
+__all__ = [
+    "PARAMETERS",
+    "PARAMETER_LABELS",
+    "PARAMETER_NAMES",
+    "Parameter",
+    "__version__",
+    *sorted(_PUBLIC),
+]
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@ image, shapes) print one line ``sbi-lens: error: ...`` and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address, tcp://host:8786")
     p.add_argument("--chunk-size", type=_positive_int, default=None, help="lenses per chunk")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_simulate)
+    p.set_defaults(handler=_simulate, subparser=p)
 
 
 def _simulate(args) -> int:
@@ -65,7 +66,7 @@ def _add_show(sub) -> None:
     p.add_argument("store", help="store path")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=_positive_int, default=16, help="images to show (default 16)")
-    p.set_defaults(handler=_show)
+    p.set_defaults(handler=_show, subparser=p)
 
 
 def _show(args) -> int:
@@ -89,7 +90,7 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the epochs")
     p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_train, subparser=p)
 
 
 def _train(args) -> int:
@@ -124,7 +125,7 @@ def _add_diagnose(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-c2st", action="store_true", help="skip SBC's C2ST (about 30 s)")
-    p.set_defaults(handler=_diagnose)
+    p.set_defaults(handler=_diagnose, subparser=p)
 
 
 def _diagnose(args) -> int:
@@ -145,6 +146,57 @@ def _diagnose(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- infer
+def _add_infer(sub) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="posterior samples and intervals for FITS cutouts",
+        description=(
+            "Run a trained model on FITS cutouts: one cube (bands, H, W) per lens, or one "
+            "file per band given consecutively (bands from BAND/FILTER keywords, else "
+            "--bands order, else the model's)."
+        ),
+    )
+    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE.fits", help="FITS cutouts")
+    p.add_argument("--out", default="inference", help="output folder (default ./inference)")
+    p.add_argument("--bands", default=None, help="band order of the input, e.g. g,r,i")
+    p.add_argument("--crop", action="store_true", help="centred crop of larger cutouts")
+    p.add_argument(
+        "--assume-pixel-scale",
+        action="store_true",
+        help="accept cutouts whose header states no pixel scale (the model's is assumed)",
+    )
+    p.add_argument("--num-samples", type=_positive_int, default=1000, help="per lens (1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="cutouts per batch")
+    p.add_argument("--no-corner", action="store_true", help="skip the corner plots")
+    p.set_defaults(handler=_infer, subparser=p)
+
+
+def _infer(args) -> int:
+    from sbi_lens.fits_io import parse_bands
+    from sbi_lens.inference import run_inference
+
+    summaries = run_inference(
+        args.model,
+        args.images,
+        args.out,
+        input_bands=parse_bands(args.bands),
+        crop=args.crop,
+        assume_pixel_scale=args.assume_pixel_scale,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        corner=not args.no_corner,
+        echo=lambda text: print(text + "\n"),
+    )
+    print(f"wrote samples and summaries of {len(summaries)} lens(es) to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------- quickstart
 def _add_quickstart(sub) -> None:
     p = sub.add_parser(
@@ -155,7 +207,7 @@ def _add_quickstart(sub) -> None:
     p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs")
     p.add_argument("--workers", type=_positive_int, default=None, help="simulation processes")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.set_defaults(handler=_quickstart)
+    p.set_defaults(handler=_quickstart, subparser=p)
 
 
 def _quickstart(args) -> int:
@@ -182,13 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_infer(sub) -> None:
-    from sbi_lens.inference import add_infer_parser
-
-    add_infer_parser(sub)
-
-
 _SUBCOMMANDS = [_add_simulate, _add_show, _add_train, _add_diagnose, _add_infer, _add_quickstart]
+
+
+# Library errors name Python arguments (``crop=True``); these are the flags that set
+# them where the argument's name is not the flag's.
+_FLAG_ALIASES = {"input_bands": "--bands", "num_simulations": "--num"}
+
+
+def _flag_hints(message: str, parser: argparse.ArgumentParser) -> str:
+    """Rewrite ``name=value`` of a library error as the command's ``--flag value``."""
+    flags = dict(_FLAG_ALIASES)
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        long = [s for s in action.option_strings if s.startswith("--")]
+        if long:
+            flags[action.dest] = long[0]
+    for name, flag in flags.items():
+        message = re.sub(
+            rf"\b{name}=(True\b)?", lambda m, f=flag: f if m.group(1) else f + " ", message
+        )
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = " ".join(str(error).split())
+        message = _flag_hints(" ".join(str(error).split()), args.subparser)
         print(f"sbi-lens: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,11 +4,11 @@ Two layouts are supported:
 
 - **cube**: one file per lens holding a ``(bands, H, W)`` array. The band of each
   plane comes from header keywords ``BAND1..BANDn`` (or ``FILTER1..FILTERn``), else
-  from ``--bands``, else the model's band order is assumed.
+  from ``input_bands`` (``--bands``), else the model's band order is assumed.
 - **per band**: one 2-D image per band. Consecutive files form one lens, as many
   files as the model has bands. Each file's band comes from its ``BAND`` (or
   ``FILTER``) keyword, else from a trailing ``_g``-style token of the file name,
-  else from its position in the group (``--bands`` order, else the model's).
+  else from its position in the group (``input_bands`` order, else the model's).
 
 Every cutout is checked against the model before inference: pixel scale (from the
 WCS ``CD``/``CDELT`` keywords via ``proj_plane_pixel_scales``, else ``PIXSCALE`` in
@@ -109,9 +109,9 @@ def parse_bands(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     items = text.split(",") if isinstance(text, str) else list(text)
     bands = tuple(str(b).strip() for b in items if str(b).strip())
     if not bands:
-        raise ValueError(f"--bands: expected a comma-separated list like g,r,i, got {text!r}")
+        raise ValueError(f"input_bands={text!r}: expected a comma-separated list like g,r,i")
     if len(set(bands)) != len(bands):
-        raise ValueError(f"--bands: duplicate band names in {','.join(bands)}")
+        raise ValueError(f"input_bands={text!r}: duplicate band names")
     return bands
 
 
@@ -199,7 +199,7 @@ def _check_pixel_scale(
             return
         raise ValueError(
             f"{where}: no pixel scale in the header (no CD, CDELT or PIXSCALE keyword); the "
-            f"model expects {spec.pixel_scale:g} arcsec/pixel; pass --assume-pixel-scale if "
+            f"model expects {spec.pixel_scale:g} arcsec/pixel; use assume_pixel_scale=True if "
             "the cutout has that scale"
         )
     if not np.isclose(found, spec.pixel_scale, rtol=PIXEL_SCALE_RTOL, atol=0):
@@ -237,7 +237,7 @@ def _fit_shape(
     if not crop:
         raise ValueError(
             f"{where}: cutout is {size} pixels, the model expects {want}; "
-            "pass --crop to use the centred window"
+            "use crop=True to take the centred window"
         )
     return center_crop(image, expected), True
 
@@ -288,14 +288,14 @@ def _cube_bands(
             n.lower() for n in names
         ):
             raise ValueError(
-                f"{item.path}: header says bands {','.join(names)} but --bands says "
+                f"{item.path}: header says bands {','.join(names)} but input_bands says "
                 f"{','.join(input_bands)}"
             )
         return names
     if input_bands is not None:
         if len(input_bands) != count:
             raise ValueError(
-                f"{item.path}: cube has {count} bands but --bands lists {len(input_bands)} "
+                f"{item.path}: cube has {count} bands but input_bands lists {len(input_bands)} "
                 f"({','.join(input_bands)})"
             )
         return input_bands
@@ -392,7 +392,7 @@ def iter_cutouts(
             consecutive files per lens as the model has bands).
         spec: What the model expects (bands, shape, pixel scale).
         input_bands: Band order of cube planes / of per-band files when headers do not
-            name them (``--bands``); default the model's order.
+            name them (``--bands`` on the command line); default the model's order.
         crop: Take the centred window of cutouts larger than the model's shape.
         assume_pixel_scale: Accept files without any pixel-scale keyword.
 
@@ -405,7 +405,7 @@ def iter_cutouts(
     input_bands = parse_bands(input_bands)
     if input_bands is not None and len(input_bands) < len(spec.bands):
         raise ValueError(
-            f"--bands lists {len(input_bands)} bands ({','.join(input_bands)}), the model "
+            f"input_bands lists {len(input_bands)} bands ({','.join(input_bands)}), the model "
             f"expects {len(spec.bands)} ({','.join(spec.bands)})"
         )
     pending: list[_FitsImage] = []

@@ -10,7 +10,6 @@ the central 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals is printed per lens.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Callable, Sequence
@@ -20,23 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbi_lens import PARAMETER_NAMES, __version__
-from sbi_lens.fits_io import Cutout, ImageSpec, load_cutouts, parse_bands
+from sbi_lens import __version__
+from sbi_lens.fits_io import Cutout, ImageSpec, load_cutouts
+from sbi_lens.parameters import PARAMETER_NAMES, PARAMETER_UNITS
 
 __all__ = [
-    "PARAMETER_UNITS",
     "PERCENTILES",
     "LensSummary",
-    "add_infer_parser",
     "format_table",
-    "run_infer",
     "run_inference",
     "sample_posterior",
     "summarize_samples",
 ]
 
-#: Unit of each parameter ("" for the dimensionless redshifts).
-PARAMETER_UNITS = {"z_lens": "", "z_source": "", "theta_E": "arcsec", "sigma_v": "km/s"}
 #: Percentiles reported per parameter: median and the central 68 % and 95 % intervals.
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
 _KEYS = ("p2.5", "p16", "median", "p84", "p97.5")
@@ -243,13 +238,14 @@ def run_inference(
     from sbi_lens.training import load_posterior, read_model_info
 
     if num_samples < 2:
-        raise ValueError(f"--num-samples must be at least 2, got {num_samples}")
+        raise ValueError(f"num_samples={num_samples}: must be at least 2")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
     out = Path(out)
     if (out / "summary.json").exists():
         raise ValueError(
-            f"{out} already holds inference results (summary.json); choose another --out"
+            f"out={str(out)!r} already holds inference results (summary.json); "
+            "choose another output folder"
         )
     info = read_model_info(model_dir)
     spec = ImageSpec.from_model_info(info)
@@ -284,63 +280,3 @@ def run_inference(
     }
     _write_summaries(out, summaries, meta)
     return summaries
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def add_infer_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds ``infer`` to an ``add_subparsers()`` object; its handler is :func:`run_infer`."""
-    p = subparsers.add_parser(
-        "infer",
-        help="posterior samples and intervals for FITS cutouts",
-        description=(
-            "Run a trained model on FITS cutouts: one cube (bands, H, W) per lens, or one "
-            "file per band given consecutively (bands from BAND/FILTER keywords, else "
-            "--bands order, else the model's)."
-        ),
-    )
-    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
-    p.add_argument("images", nargs="+", metavar="IMAGE.fits", help="FITS cutouts")
-    p.add_argument("--out", default="inference", help="output folder (default ./inference)")
-    p.add_argument("--bands", default=None, help="band order of the input, e.g. g,r,i")
-    p.add_argument("--crop", action="store_true", help="centred crop of larger cutouts")
-    p.add_argument(
-        "--assume-pixel-scale",
-        action="store_true",
-        help="accept cutouts whose header states no pixel scale (the model's is assumed)",
-    )
-    p.add_argument("--num-samples", type=_positive_int, default=1000, help="per lens (1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (0)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="cutouts per batch")
-    p.add_argument("--no-corner", action="store_true", help="skip the corner plots")
-    p.set_defaults(handler=run_infer)
-    return p
-
-
-def run_infer(args: argparse.Namespace) -> int:
-    """Handler of ``sbi-lens infer``; returns the exit status (0)."""
-    summaries = run_inference(
-        args.model,
-        args.images,
-        args.out,
-        input_bands=parse_bands(args.bands),
-        crop=args.crop,
-        assume_pixel_scale=args.assume_pixel_scale,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        corner=not args.no_corner,
-        echo=lambda text: print(text + "\n"),
-    )
-    print(f"wrote samples and summaries of {len(summaries)} lens(es) to {args.out}")
-    return 0

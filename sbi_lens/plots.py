@@ -26,6 +26,7 @@ from sbi_lens.diagnostics import (
     TARPResult,
     r2_score,
 )
+from sbi_lens.parameters import PARAMETERS, theta_columns
 
 __all__ = [
     "plot_coverage",
@@ -47,9 +48,7 @@ def _labels(names: Sequence[str], labels: Sequence[str] | None) -> list[str]:
         if len(labels) != len(names):
             raise ValueError(f"labels: expected {len(names)} labels, got {len(labels)}")
         return list(labels)
-    from sbi_lens import PARAMETER_LABELS, PARAMETER_NAMES
-
-    known = dict(zip(PARAMETER_NAMES, PARAMETER_LABELS, strict=True))
+    known = {p.name: p.label for p in PARAMETERS}
     return [known.get(n, n) for n in names]
 
 
@@ -437,9 +436,10 @@ def plot_montage(
             ax.imshow(_lupton_rgb(img[-1], img[-2], img[-3]), origin="lower")
         else:
             ax.imshow(_stretch(img[0]), origin="lower", cmap="gray")
-        z_l, z_s, t_e, s_v = theta[i]
+        lens = theta_columns(theta[i])
         ax.set_title(
-            f'$z_l$={z_l:.2f} $z_s$={z_s:.2f}\n$\\theta_E$={t_e:.2f}" $\\sigma_v$={s_v:.0f} km/s',
+            f"$z_l$={lens.z_lens:.2f} $z_s$={lens.z_source:.2f}\n"
+            f'$\\theta_E$={lens.theta_E:.2f}" $\\sigma_v$={lens.sigma_v:.0f} km/s',
             fontsize=8,
         )
     band_text = f" ({','.join(bands)})" if bands else ""

@@ -29,6 +29,16 @@ from sbi_lens.config import (
     VelocityDispersionFunctionDist,
 )
 from sbi_lens.cosmology import DistanceTable, distance_table
+from sbi_lens.parameters import (
+    SIGMA_V,
+    THETA_E,
+    Z_LENS,
+    Z_SOURCE,
+    ThetaColumns,
+    parameter,
+    stack_theta,
+    theta_columns,
+)
 
 _DTYPE = torch.float64
 
@@ -197,17 +207,23 @@ class LensSupport(constraints.Constraint):
     event_dim = 1
 
     def __init__(self, bounds: torch.Tensor, min_separation: float):
-        self.bounds = bounds  # (4, 2) float64: lower, upper per parameter
+        self.bounds = bounds  # (4, 2) float64: lower, upper per parameter, in θ order
         self.min_separation = float(min_separation)
+
+    def interval(self, name: str) -> tuple[float, float]:
+        """(lower, upper) bound of the parameter ``name`` (upper may be +∞)."""
+        row = self.bounds[parameter(name).index]
+        return float(row[0]), float(row[1])
 
     def z_source_floor(self, z_lens: torch.Tensor) -> torch.Tensor:
         """Lowest allowed z_source for a given z_lens."""
-        return torch.clamp(z_lens + self.min_separation, min=float(self.bounds[1, 0]))
+        return torch.clamp(z_lens + self.min_separation, min=self.interval(Z_SOURCE.name)[0])
 
     def check(self, value: torch.Tensor) -> torch.Tensor:
         bounds = self.bounds.to(value.device, value.dtype)
         inside = (value >= bounds[:, 0]) & (value <= bounds[:, 1])
-        above_floor = value[..., 1] > value[..., 0] + self.min_separation - 1e-6
+        theta = theta_columns(value)
+        above_floor = theta.z_source > theta.z_lens + self.min_separation - 1e-6
         return inside.all(-1) & above_floor
 
     def __repr__(self) -> str:
@@ -249,46 +265,49 @@ class LensSupportTransform(Transform):
     def __eq__(self, other):
         return isinstance(other, LensSupportTransform) and other.support is self.support
 
-    def _bounds(self):
-        b = self.support.bounds
-        return [(float(b[i, 0]), float(b[i, 1])) for i in range(4)]
-
     def _forward_with_logdet(self, u: torch.Tensor):
-        (zl_lo, zl_hi), (_, zs_hi), (te_lo, te_hi), (sv_lo, sv_hi) = self._bounds()
-        z_lens, ld0 = _unit_to_interval(u[..., 0], zl_lo, zl_hi)
+        interval = self.support.interval
+        u = theta_columns(u)
+        z_lens, ld_zl = _unit_to_interval(u.z_lens, *interval(Z_LENS.name))
         floor = self.support.z_source_floor(z_lens)
+        zs_hi = interval(Z_SOURCE.name)[1]
         if math.isinf(zs_hi):
-            z_source, ld1 = floor + torch.exp(u[..., 1]), u[..., 1]
+            z_source, ld_zs = floor + torch.exp(u.z_source), u.z_source
         else:
             width = zs_hi - floor
-            z_source = floor + width * torch.sigmoid(u[..., 1])
-            ld1 = (
+            z_source = floor + width * torch.sigmoid(u.z_source)
+            ld_zs = (
                 torch.log(width)
-                + torch.nn.functional.logsigmoid(u[..., 1])
-                + torch.nn.functional.logsigmoid(-u[..., 1])
+                + torch.nn.functional.logsigmoid(u.z_source)
+                + torch.nn.functional.logsigmoid(-u.z_source)
             )
-        theta_e, ld2 = _unit_to_interval(u[..., 2], te_lo, te_hi)
-        sigma_v, ld3 = _unit_to_interval(u[..., 3], sv_lo, sv_hi)
-        value = torch.stack([z_lens, z_source, theta_e, sigma_v], dim=-1)
-        return value, ld0 + ld1 + ld2 + ld3
+        theta_e, ld_te = _unit_to_interval(u.theta_E, *interval(THETA_E.name))
+        sigma_v, ld_sv = _unit_to_interval(u.sigma_v, *interval(SIGMA_V.name))
+        value = stack_theta(ThetaColumns(z_lens, z_source, theta_e, sigma_v))
+        return value, ld_zl + ld_zs + ld_te + ld_sv
 
     def _call(self, u):
         return self._forward_with_logdet(u)[0]
 
     def _inverse(self, value):
-        (zl_lo, zl_hi), (_, zs_hi), (te_lo, te_hi), (sv_lo, sv_hi) = self._bounds()
-        z_lens = value[..., 0]
-        floor = self.support.z_source_floor(z_lens)
-        u0 = _interval_to_unit(z_lens, zl_lo, zl_hi)
+        interval = self.support.interval
+        theta = theta_columns(value)
+        floor = self.support.z_source_floor(theta.z_lens)
+        zs_hi = interval(Z_SOURCE.name)[1]
+        finfo = torch.finfo(value.dtype)
         if math.isinf(zs_hi):
-            u1 = torch.log((value[..., 1] - floor).clamp_min(torch.finfo(value.dtype).tiny))
+            u_zs = torch.log((theta.z_source - floor).clamp_min(finfo.tiny))
         else:
-            finfo = torch.finfo(value.dtype)
-            p = ((value[..., 1] - floor) / (zs_hi - floor)).clamp(finfo.tiny, 1 - finfo.eps)
-            u1 = torch.log(p) - torch.log1p(-p)
-        u2 = _interval_to_unit(value[..., 2], te_lo, te_hi)
-        u3 = _interval_to_unit(value[..., 3], sv_lo, sv_hi)
-        return torch.stack([u0, u1, u2, u3], dim=-1)
+            p = ((theta.z_source - floor) / (zs_hi - floor)).clamp(finfo.tiny, 1 - finfo.eps)
+            u_zs = torch.log(p) - torch.log1p(-p)
+        return stack_theta(
+            ThetaColumns(
+                z_lens=_interval_to_unit(theta.z_lens, *interval(Z_LENS.name)),
+                z_source=u_zs,
+                theta_E=_interval_to_unit(theta.theta_E, *interval(THETA_E.name)),
+                sigma_v=_interval_to_unit(theta.sigma_v, *interval(SIGMA_V.name)),
+            )
+        )
 
     def log_abs_det_jacobian(self, u, value):
         return self._forward_with_logdet(u)[1]
@@ -343,18 +362,16 @@ class LensPrior(Distribution):
             0.5 * (1 + math.erf(self._f_mean / (self._f_std * math.sqrt(2))))
         )
         window = cfg.theta_E_window or (0.0, math.inf)
-        bounds = torch.tensor(
-            [
-                [self._z_lens.low, self._z_lens.high],
-                [
-                    max(self._z_source.low, self._z_lens.low + cfg.min_separation),
-                    self._z_source.high,
-                ],
-                [window[0], window[1]],
-                [self._sigma_v.low, self._sigma_v.high],
-            ],
-            dtype=_DTYPE,
+        intervals = ThetaColumns(
+            z_lens=(self._z_lens.low, self._z_lens.high),
+            z_source=(
+                max(self._z_source.low, self._z_lens.low + cfg.min_separation),
+                self._z_source.high,
+            ),
+            theta_E=(window[0], window[1]),
+            sigma_v=(self._sigma_v.low, self._sigma_v.high),
         )
+        bounds = torch.tensor([list(pair) for pair in intervals], dtype=_DTYPE)
         self._support = LensSupport(bounds, cfg.min_separation)
         self._log_window_mass = (
             0.0 if cfg.theta_E_window is None else math.log(self._window_mass(window_samples))
@@ -392,7 +409,7 @@ class LensPrior(Distribution):
         while filled < n:
             need = n - filled
             batch = self._draw_unrestricted(max(need + need // 2 + 16, 64), generator)
-            keep = batch[self._in_window(batch[:, 2])][:need]
+            keep = batch[self._in_window(theta_columns(batch).theta_E)][:need]
             out[filled : filled + len(keep)] = keep
             filled += len(keep)
         return out.reshape(*shape, 4).to(device=self.device, dtype=torch.float32)
@@ -400,7 +417,7 @@ class LensPrior(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Normalised log-density of θ (shape (..., 4)) → (...); -inf outside the support."""
         value64 = value.to(device="cpu", dtype=_DTYPE)
-        z_lens, z_source, theta_e, sigma_v = value64.unbind(-1)
+        z_lens, z_source, theta_e, sigma_v = theta_columns(value64)
         inside = self._support.check(value64)
         # Evaluate the pieces at safe points, then mask: keeps NaNs out of the result.
         zl = z_lens.clamp(self._z_lens.low, self._z_lens.high)
@@ -447,7 +464,7 @@ class LensPrior(Distribution):
         f = self._f_mean + self._f_std * normals
         theta_e = f.clamp_min(0) ** 2 * self.theta_sis(sigma_v, z_lens, z_source)
         valid = f > 0
-        return torch.stack([z_lens, z_source, theta_e, sigma_v], dim=-1)[valid]
+        return stack_theta(ThetaColumns(z_lens, z_source, theta_e, sigma_v))[valid]
 
     def _in_window(self, theta_e: torch.Tensor) -> torch.Tensor:
         window = self.config.theta_E_window

@@ -24,6 +24,7 @@ import numpy as np
 
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
+from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
 from sbi_lens.surveys import band_settings, pixel_scale
 
@@ -58,10 +59,13 @@ def _as_theta(theta) -> np.ndarray:
     if hasattr(theta, "detach"):  # torch tensor
         theta = theta.detach().cpu().numpy()
     theta = np.asarray(theta, dtype=float)
-    if theta.ndim == 1 and theta.shape[0] == 4:
+    if theta.ndim == 1 and theta.shape[0] == len(PARAMETER_NAMES):
         theta = theta[None]
-    if theta.ndim != 2 or theta.shape[1] != 4:
-        raise ValueError(f"theta must have shape (N, 4), got {theta.shape}")
+    if theta.ndim != 2 or theta.shape[1] != len(PARAMETER_NAMES):
+        raise ValueError(
+            f"theta must have shape (N, {len(PARAMETER_NAMES)}) with columns "
+            f"{list(PARAMETER_NAMES)}, got {theta.shape}"
+        )
     if not np.all(np.isfinite(theta)):
         raise ValueError("theta contains NaN or inf")
     return theta
@@ -74,9 +78,12 @@ class LensSimulator:
         config: simulation settings (prior cosmology, survey, population).
 
     Example:
-        >>> simulator = LensSimulator(load_config("lsst_gri"))
-        >>> out = simulator.simulate(theta, seed=0)    # theta (N, 4)
-        >>> out.images.shape                          # (N, 3, 64, 64)
+        >>> from sbi_lens import LensPrior, load_config
+        >>> config = load_config("lsst_gri")
+        >>> theta = LensPrior(config.prior).sample((2,))    # (2, 4)
+        >>> out = LensSimulator(config).simulate(theta, seed=0)
+        >>> out.images.shape
+        (2, 3, 64, 64)
     """
 
     def __init__(self, config: SimulationConfig):
@@ -152,7 +159,7 @@ class LensSimulator:
         e1, e2 = float(row[col["lens_e1"]]), float(row[col["lens_e2"]])
         kwargs_lens = [
             {
-                "theta_E": float(theta_row[2]),
+                "theta_E": float(theta_columns(theta_row).theta_E),
                 "e1": e1,
                 "e2": e2,
                 "center_x": centre_x,

@@ -84,7 +84,7 @@ def test_band_order_from_headers_names_and_flag(tmp_path):
     np.testing.assert_array_equal(x[0], image)
     with pytest.raises(ValueError, match=r"has 3 bands \(g,r,z\), .*; missing i"):
         load_cutouts([z_files[k] for k in (0, 1, 3)], SPEC)
-    with pytest.raises(ValueError, match="header says bands i,r,g but --bands says g,r,i"):
+    with pytest.raises(ValueError, match="header says bands i,r,g but input_bands says g,r,i"):
         load_cutouts([cube], SPEC, input_bands="g,r,i")
 
 
@@ -106,7 +106,8 @@ def test_crop_takes_the_centre(tmp_path):
     big = _image(size=40)
     (path,) = write_cutout(tmp_path / "big.fits", big, SPEC.bands, 0.2)
     with pytest.raises(
-        ValueError, match=r"big.fits: cutout is 40x40 pixels, the model expects 32x32; pass --crop"
+        ValueError,
+        match=r"big.fits: cutout is 40x40 pixels, the model expects 32x32; use crop=True",
     ):
         load_cutouts([path], SPEC)
     cutouts, x = load_cutouts([path], SPEC, crop=True)
@@ -127,7 +128,7 @@ def test_no_pixel_scale_needs_the_flag(tmp_path):
     (path,) = write_cutout(tmp_path / "noscale.fits", _image(), SPEC.bands, 0.2, scale_keyword=None)
     with pytest.raises(
         ValueError,
-        match=r"noscale.fits: no pixel scale .* 0.2 arcsec/pixel; pass --assume-pixel-scale",
+        match=r"noscale.fits: no pixel scale .* 0.2 arcsec/pixel; use assume_pixel_scale=True",
     ):
         load_cutouts([path], SPEC)
     cutouts, _ = load_cutouts([path], SPEC, assume_pixel_scale=True)

@@ -1,6 +1,5 @@
 """``sbi-lens infer``: a tiny trained model run on FITS cutouts written from simulations."""
 
-import argparse
 import csv
 import json
 
@@ -9,8 +8,9 @@ import pytest
 from conftest import write_ring_store
 
 from sbi_lens import PARAMETER_NAMES
+from sbi_lens.cli import main
 from sbi_lens.fits_io import write_cutout
-from sbi_lens.inference import add_infer_parser, run_infer, run_inference
+from sbi_lens.inference import run_inference
 from sbi_lens.training import TrainConfig, train
 
 TINY = TrainConfig(
@@ -36,12 +36,6 @@ def simulated(tmp_path_factory):
     return model, [*cube, *per_band, *padded]
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="sbi-lens")
-    add_infer_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["infer", *map(str, argv)])
-
-
 def _printed_rows(text):
     """{(lens, parameter): [median, 16, 84, 2.5, 97.5]} from the printed tables."""
     rows, lens = {}, None
@@ -60,8 +54,8 @@ def _printed_rows(text):
 def test_end_to_end_writes_outputs_and_ordered_intervals(simulated, tmp_path, capsys):
     model, files = simulated
     out = tmp_path / "out"
-    args = _parse([model, *files, "--out", out, "--crop", "--num-samples", 300, "--seed", 3])
-    assert args.handler(args) == 0 and args.handler is run_infer
+    argv = [model, *files, "--out", out, "--crop", "--num-samples", 300, "--seed", 3]
+    assert main(["infer", *map(str, argv)]) == 0
     printed = capsys.readouterr().out
     names = ["lens_a", "lens_b", "lens_c"]
     expected = {"summary.csv", "summary.json"} | {
@@ -121,13 +115,25 @@ def test_seeded_and_leaves_the_global_rng_alone(simulated, tmp_path):
 def test_user_errors_write_nothing(simulated, tmp_path):
     model, files = simulated
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"lens_c.fits: cutout is 40x40 pixels, .* pass --crop"):
+    with pytest.raises(ValueError, match=r"lens_c.fits: cutout is 40x40 pixels, .* crop=True"):
         run_inference(model, files, out, num_samples=10, echo=None)
     assert not out.exists(), "a bad cutout must stop the run before anything is written"
     with pytest.raises(ValueError, match="not a sbi-lens model folder"):
         run_inference(tmp_path, files[:1], out, echo=None)
-    with pytest.raises(ValueError, match="--num-samples must be at least 2"):
+    with pytest.raises(ValueError, match="num_samples=1: must be at least 2"):
         run_inference(model, files[:1], out, num_samples=1, echo=None)
     run_inference(model, files[:1], out, num_samples=10, corner=False, echo=None)
     with pytest.raises(ValueError, match="already holds inference results"):
         run_inference(model, files[:1], out, num_samples=10, echo=None)
+
+
+def test_cli_errors_name_the_flags(simulated, tmp_path, capsys):
+    """The library names Python arguments; the command line shows its own flags."""
+    model, files = simulated
+    argv = ["infer", str(model), *map(str, files), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sbi-lens: error: ") and "pass --crop" not in error
+    assert "use --crop to take the centred window" in error
+    assert main([*argv, "--crop", "--bands", "g,g,r"]) == 2
+    assert "--bands 'g,g,r': duplicate band names" in capsys.readouterr().err
