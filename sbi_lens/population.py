@@ -14,6 +14,7 @@ Units: magnitudes AB, sizes in kpc (physical) or arcsec, wavelengths in Ångstr�
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,27 @@ import torch
 
 from sbi_lens.config import PopulationConfig, SurveyConfig
 from sbi_lens.cosmology import RAD_TO_ARCSEC, DistanceTable
+from sbi_lens.parameters import PARAMETER_NAMES, ThetaColumns, theta_columns
 from sbi_lens.surveys import band_wavelengths
+
+__all__ = [
+    "BASE_NUISANCE_NAMES",
+    "Population",
+    "RandomStreams",
+    "apparent_magnitude",
+    "draw_population",
+    "early_type_size_kpc",
+    "faber_jackson_magnitude",
+    "igm_transmission",
+    "kpc_to_arcsec",
+    "lens_sed_fnu",
+    "nuisance_names",
+    "passive_evolution",
+    "sample_schechter_offsets",
+    "source_sed_fnu",
+    "source_size_kpc",
+    "uv_characteristic_magnitude",
+]
 
 LENS_REFERENCE_WAVELENGTH = 6200.0  # Å, rest-frame r band: Faber–Jackson magnitudes
 SOURCE_REFERENCE_WAVELENGTH = 1500.0  # Å, rest-frame far-UV: the UV luminosity function
@@ -266,7 +287,150 @@ def _cap_ellipticity(e1: np.ndarray, e2: np.ndarray, cap: float) -> tuple[np.nda
     return e1 * scale, e2 * scale
 
 
+# ------------------------------------------------------------------ random streams
+class RandomStreams:
+    """Independent random streams by name, all derived from one generator.
+
+    Each physical quantity draws from its own stream, keyed by its name, so adding a
+    quantity adds a stream and leaves every other draw as it was (no renumbering).
+    A stream is used once per draw; asking for the same name twice is a bug.
+
+    Args:
+        rng: the generator the streams derive from (one draw of entropy is taken).
+
+    Example:
+        >>> streams = RandomStreams(np.random.default_rng(0))
+        >>> streams.normal("lens_e1", 3).shape
+        (3,)
+    """
+
+    def __init__(self, rng: np.random.Generator):
+        self._entropy = [int(v) for v in rng.integers(0, 2**63, size=2)]
+        self._used: set[str] = set()
+
+    def generator(self, name: str) -> np.random.Generator:
+        """The generator of stream ``name`` (a stable function of the name)."""
+        assert name not in self._used, f"random stream {name!r} drawn twice"
+        self._used.add(name)
+        key = zlib.crc32(name.encode())
+        return np.random.default_rng(np.random.SeedSequence(self._entropy, spawn_key=(key,)))
+
+    def normal(self, name: str, size: int) -> np.ndarray:
+        """(size,) standard normal draws of stream ``name``."""
+        return self.generator(name).standard_normal(size)
+
+    def uniform(self, name: str, size: int) -> np.ndarray:
+        """(size,) uniform draws in [0, 1) of stream ``name``."""
+        return self.generator(name).random(size)
+
+
 # ------------------------------------------------------------------ the draw
+def _check_theta(theta: np.ndarray) -> ThetaColumns:
+    theta = np.asarray(theta, dtype=float)
+    if theta.ndim != 2 or theta.shape[1] != len(PARAMETER_NAMES):
+        raise ValueError(
+            f"theta must have shape (N, {len(PARAMETER_NAMES)}) with columns "
+            f"{list(PARAMETER_NAMES)}, got {theta.shape}"
+        )
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta contains NaN or inf")
+    lens = theta_columns(theta)
+    if np.any(lens.z_lens <= 0) or np.any(lens.z_source <= lens.z_lens):
+        raise ValueError("theta needs 0 < z_lens < z_source")
+    if np.any(lens.theta_E <= 0) or np.any(lens.sigma_v <= 0):
+        raise ValueError("theta needs theta_E > 0 arcsec and sigma_v > 0 km/s")
+    return lens
+
+
+def _distances(table: DistanceTable, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(D_A [Mpc], distance modulus [mag]) at redshifts z."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    return table.angular_diameter_distance(z).numpy(), table.distance_modulus(z).numpy()
+
+
+def _draw_lens(lens: ThetaColumns, config: PopulationConfig, streams, da_lens) -> dict:
+    """Position, mass shape, shear, luminosity and size of the lens galaxies."""
+    n = len(lens.z_lens)
+    centre_x = config.lens_centre_std * streams.normal("lens_center_x", n)
+    centre_y = config.lens_centre_std * streams.normal("lens_center_y", n)
+    lens_e1, lens_e2 = _cap_ellipticity(
+        config.lens_ellipticity_std * streams.normal("lens_e1", n),
+        config.lens_ellipticity_std * streams.normal("lens_e2", n),
+        MAX_LENS_ELLIPTICITY,
+    )
+    today = faber_jackson_magnitude(
+        lens.sigma_v, config.faber_jackson_m200, config.faber_jackson_slope
+    ) + config.faber_jackson_scatter * streams.normal("lens_luminosity", n)
+    # Sizes follow today's (unevolved) luminosity: passive fading does not change R_e.
+    size_kpc = early_type_size_kpc(
+        today, config.lens_size_slope, config.lens_size_zero_point
+    ) * 10.0 ** (config.size_scatter_dex * streams.normal("lens_size", n))
+    return {
+        "lens_center_x": centre_x,
+        "lens_center_y": centre_y,
+        "lens_e1": lens_e1,
+        "lens_e2": lens_e2,
+        "shear_gamma1": config.shear_std * streams.normal("shear_gamma1", n),
+        "shear_gamma2": config.shear_std * streams.normal("shear_gamma2", n),
+        "lens_abs_mag_r": passive_evolution(today, lens.z_lens, config.lens_evolution),
+        "lens_R_sersic": kpc_to_arcsec(size_kpc, da_lens),
+    }
+
+
+def _draw_source(lens: ThetaColumns, config: PopulationConfig, streams, da_source, centre) -> dict:
+    """Luminosity, colour, size, shape and position of the lensed sources."""
+    n = len(lens.z_source)
+    abs_mag = uv_characteristic_magnitude(lens.z_source) + sample_schechter_offsets(
+        config.source_lf_alpha, config.source_mag_range, streams.uniform("source_luminosity", n)
+    )
+    size_kpc = source_size_kpc(abs_mag, lens.z_source) * 10.0 ** (
+        config.source_size_scatter_dex * streams.normal("source_size", n)
+    )
+    source_e1, source_e2 = _cap_ellipticity(
+        config.source_ellipticity_std * streams.normal("source_e1", n),
+        config.source_ellipticity_std * streams.normal("source_e2", n),
+        MAX_SOURCE_ELLIPTICITY,
+    )
+    beta_mean, beta_std = config.source_uv_slope
+    # Uniform in area inside a disc of radius source_max_offset · θ_E around the lens
+    # centre: within the SIS multiple-image region (|β| < θ_E).
+    offset = (
+        config.source_max_offset
+        * lens.theta_E
+        * np.sqrt(streams.uniform("source_offset_radius", n))
+    )
+    angle = 2.0 * np.pi * streams.uniform("source_offset_angle", n)
+    return {
+        "source_abs_mag_uv": abs_mag,
+        "source_uv_slope": beta_mean + beta_std * streams.normal("source_uv_slope", n),
+        "source_R_sersic": kpc_to_arcsec(size_kpc, da_source),
+        "source_e1": source_e1,
+        "source_e2": source_e2,
+        "source_x": centre[0] + offset * np.cos(angle),
+        "source_y": centre[1] + offset * np.sin(angle),
+    }
+
+
+def _band_magnitudes(lens: ThetaColumns, columns: dict, survey, dm_lens, dm_source) -> dict:
+    """Apparent AB magnitudes of lens and source in each band of the survey."""
+    magnitudes = {}
+    for band, wavelength_nm in zip(survey.bands, band_wavelengths(survey), strict=True):
+        observed = 10.0 * wavelength_nm  # Å
+        lens_ratio = lens_sed_fnu(observed / (1.0 + lens.z_lens)) / lens_sed_fnu(
+            LENS_REFERENCE_WAVELENGTH
+        )
+        source_ratio = source_sed_fnu(
+            observed / (1.0 + lens.z_source), columns["source_uv_slope"]
+        ) * igm_transmission(observed, lens.z_source)
+        magnitudes[f"lens_mag_{band}"] = apparent_magnitude(
+            columns["lens_abs_mag_r"], dm_lens, lens.z_lens, lens_ratio
+        )
+        magnitudes[f"source_mag_{band}"] = apparent_magnitude(
+            columns["source_abs_mag_uv"], dm_source, lens.z_source, source_ratio
+        )
+    return magnitudes
+
+
 def draw_population(
     theta: np.ndarray,
     config: PopulationConfig,
@@ -275,6 +439,9 @@ def draw_population(
     rng: np.random.Generator,
 ) -> Population:
     """Draw the nuisance parameters of N lenses given θ.
+
+    Each quantity is drawn from its own named stream (:class:`RandomStreams`) and the
+    named columns are stacked in :func:`nuisance_names` order.
 
     Args:
         theta: (N, 4) θ = (z_lens, z_source, theta_E [arcsec], sigma_v [km/s]).
@@ -289,104 +456,14 @@ def draw_population(
     Raises:
         ValueError: θ has the wrong shape or unphysical values.
     """
-    theta = np.asarray(theta, dtype=float)
-    if theta.ndim != 2 or theta.shape[1] != 4:
-        raise ValueError(f"theta must have shape (N, 4), got {theta.shape}")
-    if not np.all(np.isfinite(theta)):
-        raise ValueError("theta contains NaN or inf")
-    z_lens, z_source, theta_e, sigma_v = theta.T
-    if np.any(z_lens <= 0) or np.any(z_source <= z_lens):
-        raise ValueError("theta needs 0 < z_lens < z_source")
-    if np.any(theta_e <= 0) or np.any(sigma_v <= 0):
-        raise ValueError("theta needs theta_E > 0 arcsec and sigma_v > 0 km/s")
-    n = len(theta)
-    # One block of draws in a fixed order: reproducible and independent of N's split.
-    normal = rng.standard_normal((n, 12))
-    uniform = rng.random((n, 3))
-
-    def distances(z):
-        z = torch.as_tensor(z, dtype=torch.float64)
-        return (
-            table.angular_diameter_distance(z).numpy(),
-            table.distance_modulus(z).numpy(),
-        )
-
-    da_lens, dm_lens = distances(z_lens)
-    da_source, dm_source = distances(z_source)
-
-    centre_x = config.lens_centre_std * normal[:, 0]
-    centre_y = config.lens_centre_std * normal[:, 1]
-    lens_e1, lens_e2 = _cap_ellipticity(
-        config.lens_ellipticity_std * normal[:, 2],
-        config.lens_ellipticity_std * normal[:, 3],
-        MAX_LENS_ELLIPTICITY,
-    )
-    gamma1 = config.shear_std * normal[:, 4]
-    gamma2 = config.shear_std * normal[:, 5]
-
-    lens_mag = passive_evolution(
-        faber_jackson_magnitude(sigma_v, config.faber_jackson_m200, config.faber_jackson_slope)
-        + config.faber_jackson_scatter * normal[:, 6],
-        z_lens,
-        config.lens_evolution,
-    )
-    # Sizes follow today's (unevolved) luminosity: passive fading does not change R_e.
-    lens_size = early_type_size_kpc(
-        lens_mag + config.lens_evolution * z_lens,
-        config.lens_size_slope,
-        config.lens_size_zero_point,
-    ) * 10.0 ** (config.size_scatter_dex * normal[:, 7])
-    lens_radius = kpc_to_arcsec(lens_size, da_lens)
-
-    source_mag = uv_characteristic_magnitude(z_source) + sample_schechter_offsets(
-        config.source_lf_alpha, config.source_mag_range, uniform[:, 0]
-    )
-    source_size = source_size_kpc(source_mag, z_source) * 10.0 ** (
-        config.source_size_scatter_dex * normal[:, 8]
-    )
-    source_radius = kpc_to_arcsec(source_size, da_source)
-    source_e1, source_e2 = _cap_ellipticity(
-        config.source_ellipticity_std * normal[:, 9],
-        config.source_ellipticity_std * normal[:, 10],
-        MAX_SOURCE_ELLIPTICITY,
-    )
-    beta_mean, beta_std = config.source_uv_slope
-    uv_slope = beta_mean + beta_std * normal[:, 11]
-    # Uniform in area inside a disc of radius source_max_offset · θ_E around the lens
-    # centre: within the SIS multiple-image region (|β| < θ_E).
-    offset = config.source_max_offset * theta_e * np.sqrt(uniform[:, 1])
-    angle = 2.0 * np.pi * uniform[:, 2]
-    source_x = centre_x + offset * np.cos(angle)
-    source_y = centre_y + offset * np.sin(angle)
-
-    columns = [
-        centre_x,
-        centre_y,
-        lens_e1,
-        lens_e2,
-        gamma1,
-        gamma2,
-        lens_mag,
-        lens_radius,
-        source_mag,
-        uv_slope,
-        source_radius,
-        source_e1,
-        source_e2,
-        source_x,
-        source_y,
-    ]
-    for wavelength_nm in band_wavelengths(survey):
-        observed = 10.0 * wavelength_nm  # Å
-        lens_ratio = lens_sed_fnu(observed / (1.0 + z_lens)) / lens_sed_fnu(
-            LENS_REFERENCE_WAVELENGTH
-        )
-        source_ratio = source_sed_fnu(observed / (1.0 + z_source), uv_slope) * igm_transmission(
-            observed, z_source
-        )
-        columns.append(apparent_magnitude(lens_mag, dm_lens, z_lens, lens_ratio))
-        columns.append(apparent_magnitude(source_mag, dm_source, z_source, source_ratio))
-    values = np.stack(columns, axis=1)
+    lens = _check_theta(theta)
+    streams = RandomStreams(rng)
+    da_lens, dm_lens = _distances(table, lens.z_lens)
+    da_source, dm_source = _distances(table, lens.z_source)
+    columns = _draw_lens(lens, config, streams, da_lens)
+    centre = (columns["lens_center_x"], columns["lens_center_y"])
+    columns |= _draw_source(lens, config, streams, da_source, centre)
+    columns |= _band_magnitudes(lens, columns, survey, dm_lens, dm_source)
     names = nuisance_names(survey.bands)
-    assert values.shape == (n, len(names))
-    return Population(values=values, names=names)
+    assert set(columns) == set(names), set(columns) ^ set(names)
+    return Population(values=np.stack([columns[name] for name in names], axis=1), names=names)

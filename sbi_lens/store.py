@@ -25,7 +25,7 @@ import zarr
 from sbi_lens import PARAMETER_NAMES, __version__
 from sbi_lens.config import SimulationConfig, parse_config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(ValueError):

@@ -12,6 +12,7 @@ from sbi_lens.cosmology import distance_table
 from sbi_lens.population import (
     LENS_REFERENCE_WAVELENGTH,
     MAX_MAGNITUDE,
+    RandomStreams,
     apparent_magnitude,
     draw_population,
     early_type_size_kpc,
@@ -48,6 +49,27 @@ def test_columns_and_reproducibility():
     np.testing.assert_array_equal(first.values, again.values)
     assert not np.allclose(first.values, other.values)
     assert np.all(np.isfinite(first.values))
+
+
+def test_named_streams_are_independent_of_each_other_and_of_order():
+    """A new quantity is a new stream: it leaves every other draw unchanged."""
+    only_b = RandomStreams(np.random.default_rng(5)).normal("b", 10)
+    streams = RandomStreams(np.random.default_rng(5))
+    a, b = streams.uniform("a", 10), streams.normal("b", 10)
+    np.testing.assert_array_equal(b, only_b)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.9
+    with pytest.raises(AssertionError, match="drawn twice"):
+        streams.normal("a", 10)
+
+
+def test_draws_do_not_depend_on_the_bands():
+    """Bands add magnitude columns only; every shared column keeps its values."""
+    theta = _theta(40)
+    gri = _draw(theta, 2)
+    survey = CONFIG.survey.model_copy(update={"bands": ("i", "z")})
+    iz = _draw(theta, 2, survey=survey)
+    for name in set(gri.names) & set(iz.names):
+        np.testing.assert_array_equal(gri.column(name), iz.column(name), err_msg=name)
 
 
 def test_faber_jackson_slope_in_the_draws():
