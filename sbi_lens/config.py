@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sbi_lens.cosmology import DEFAULT_COSMOLOGY, get_cosmology
+from sbi_lens.surveys import SURVEYS, band_settings, band_wavelengths, common_pixel_scale
 
 
 class ConfigError(ValueError):
@@ -132,17 +140,6 @@ class PriorConfig(_Strict):
 
 
 # ---------------------------------------------------------------- observation
-# Bands that lenstronomy's ObservationConfig supports with a Gaussian PSF (HST's
-# TDLMC_F160W needs a pixelised PSF and is left out).
-SURVEY_BANDS = {
-    "LSST": ("u", "g", "r", "i", "z", "y"),
-    "DES": ("g", "r", "i", "z", "Y"),
-    "Euclid": ("VIS", "Y", "J", "H"),
-    "HST": ("F160W", "WFC3_F160W"),
-    "Roman": ("F062", "F087", "F106", "F129", "F158", "F184", "F146"),
-}
-
-
 class SurveyConfig(_Strict):
     """Instrument and image settings; band properties come from lenstronomy's ObservationConfig.
 
@@ -159,7 +156,7 @@ class SurveyConfig(_Strict):
         psf_type: only ``GAUSSIAN`` (FWHM = the band's seeing).
     """
 
-    name: Literal["LSST", "DES", "Euclid", "HST", "Roman"] = "LSST"
+    name: str = "LSST"
     bands: tuple[str, ...] = ("g", "r", "i")
     coadd_years: int | None = 10
     survey_mode: str | None = None
@@ -171,32 +168,60 @@ class SurveyConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _survey_default_depth(cls, data):
-        # coadd_years defaults to LSST's 10; other surveys default to lenstronomy's own depth.
+        # A survey's own default depth (LSST: 10 years; others: lenstronomy's default).
         if isinstance(data, dict) and "coadd_years" not in data:
-            if data.get("name", "LSST") != "LSST":
-                data = {**data, "coadd_years": None}
+            table = SURVEYS.get(data.get("name", "LSST"))
+            if table is not None:
+                data = {**data, "coadd_years": table.default_coadd_years}
         return data
+
+    @field_validator("name")
+    @classmethod
+    def _known_survey(cls, name: str) -> str:
+        if name not in SURVEYS:
+            raise ValueError(f"unknown survey {name!r}; expected one of {list(SURVEYS)}")
+        return name
 
     @model_validator(mode="after")
     def _known_bands(self):
         if not self.bands:
             raise ValueError("bands must name at least one band")
-        known = SURVEY_BANDS[self.name]
-        unknown = [band for band in self.bands if band not in known]
-        if unknown:
-            raise ValueError(
-                f"unknown band(s) {unknown} for survey {self.name}; expected some of {list(known)}"
-            )
+        table = SURVEYS[self.name]
+        band_wavelengths(self.name, self.bands)  # unknown bands, named
         if len(set(self.bands)) != len(self.bands):
             raise ValueError(f"bands must be distinct, got {list(self.bands)}")
-        if self.survey_mode is not None and self.name != "Roman":
-            raise ValueError(f"survey_mode applies to Roman only, not to {self.name}")
-        if self.coadd_years is not None and self.name in ("HST", "Roman"):
+        if self.survey_mode is not None and self.survey_mode not in table.survey_modes:
+            expected = list(table.survey_modes) or "null"
+            raise ValueError(
+                f"survey_mode {self.survey_mode!r} for {self.name}: expected {expected}"
+            )
+        if self.coadd_years is not None and not table.has_coadd_depth:
             raise ValueError(f"coadd_years must be null for {self.name}")
-        from sbi_lens.surveys import band_settings  # lazy: surveys imports this module
-
-        band_settings(self)  # lenstronomy's own checks (coadd range, band per survey mode)
+        self.band_settings()  # lenstronomy's own checks (coadd range, band per survey mode)
         return self
+
+    def band_settings(self) -> list[dict]:
+        """lenstronomy ``kwargs_single_band`` per band (:func:`sbi_lens.surveys.band_settings`)."""
+        return band_settings(
+            self.name,
+            self.bands,
+            coadd_years=self.coadd_years,
+            survey_mode=self.survey_mode,
+            psf_type=self.psf_type,
+            pixel_scale=self.pixel_scale,
+        )
+
+    def band_wavelengths(self) -> tuple[float, ...]:
+        """Effective wavelength [nm] of each band, in band order."""
+        return band_wavelengths(self.name, self.bands)
+
+    def image_pixel_scale(self) -> float:
+        """Pixel size [arcsec] of the images: the configured one, else the instrument's.
+
+        Raises:
+            ValueError: the bands' native pixel scales differ and none is configured.
+        """
+        return common_pixel_scale(self.band_settings(), self.bands)
 
 
 class PopulationConfig(_Strict):

@@ -23,7 +23,6 @@ import torch
 from sbi_lens.config import PopulationConfig, SurveyConfig
 from sbi_lens.cosmology import RAD_TO_ARCSEC, DistanceTable
 from sbi_lens.parameters import PARAMETER_NAMES, ThetaColumns, theta_columns
-from sbi_lens.surveys import band_wavelengths
 
 __all__ = [
     "BASE_NUISANCE_NAMES",
@@ -414,7 +413,7 @@ def _draw_source(lens: ThetaColumns, config: PopulationConfig, streams, da_sourc
 def _band_magnitudes(lens: ThetaColumns, columns: dict, survey, dm_lens, dm_source) -> dict:
     """Apparent AB magnitudes of lens and source in each band of the survey."""
     magnitudes = {}
-    for band, wavelength_nm in zip(survey.bands, band_wavelengths(survey), strict=True):
+    for band, wavelength_nm in zip(survey.bands, survey.band_wavelengths(), strict=True):
         observed = 10.0 * wavelength_nm  # Å
         lens_ratio = lens_sed_fnu(observed / (1.0 + lens.z_lens)) / lens_sed_fnu(
             LENS_REFERENCE_WAVELENGTH

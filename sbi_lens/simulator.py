@@ -26,7 +26,6 @@ from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
-from sbi_lens.surveys import band_settings, pixel_scale
 
 LENS_MODEL = ["SIE", "SHEAR"]
 LIGHT_MODEL = ["SERSIC_ELLIPSE"]
@@ -94,9 +93,9 @@ class LensSimulator:
         self.config = config
         survey = config.survey
         self._table = distance_table(config.prior.cosmology)
-        self._pixel_scale = pixel_scale(survey)
+        self._pixel_scale = survey.image_pixel_scale()
         self._num_pixels = survey.num_pixels
-        self.kwargs_band = band_settings(survey)
+        self.kwargs_band = survey.band_settings()
         self.kwargs_model = {
             "lens_model_list": list(LENS_MODEL),
             "source_light_model_list": list(LIGHT_MODEL),

@@ -11,29 +11,78 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 
-from sbi_lens.config import SurveyConfig
+__all__ = [
+    "SURVEYS",
+    "SurveyTable",
+    "band_settings",
+    "band_wavelengths",
+    "common_pixel_scale",
+]
 
-# Effective (pivot) wavelengths [nm]. Sources: LSST — Ivezić et al. 2019 (ApJ 873, 111),
-# Table 2; DES — Abbott et al. 2018 (ApJS 239, 18), Table 1; Euclid VIS and NISP —
-# Cropper et al. 2016 (SPIE 9904) and Euclid Collaboration: Schirmer et al. 2022
-# (A&A 662, A92), mid-points of the passbands; HST WFC3/IR F160W — STScI WFC3
-# instrument handbook (pivot); Roman WFI — the Roman WFI technical page (centres).
-BAND_WAVELENGTH_NM = {
-    "LSST": {"u": 367.0, "g": 482.0, "r": 622.0, "i": 755.0, "z": 869.0, "y": 971.0},
-    "DES": {"g": 473.0, "r": 642.0, "i": 784.0, "z": 926.0, "Y": 1009.0},
-    "Euclid": {"VIS": 715.0, "Y": 1081.0, "J": 1367.0, "H": 1771.0},
-    "HST": {"F160W": 1537.0, "WFC3_F160W": 1537.0},
-    "Roman": {
-        "F062": 620.0,
-        "F087": 869.0,
-        "F106": 1060.0,
-        "F129": 1290.0,
-        "F158": 1577.0,
-        "F184": 1842.0,
-        "F146": 1464.0,
-    },
-}
+
+@dataclass(frozen=True)
+class SurveyTable:
+    """What sbi-lens knows of a survey beyond lenstronomy's ObservationConfig.
+
+    Attributes:
+        bands: band name → effective (pivot) wavelength [nm], in wavelength order.
+        has_coadd_depth: the ObservationConfig takes ``coadd_years``.
+        default_coadd_years: depth used when a config leaves ``coadd_years`` out
+            (None: lenstronomy's own default).
+        survey_modes: allowed ``survey_mode`` values (Roman only; the first is the default).
+    """
+
+    bands: MappingProxyType
+    has_coadd_depth: bool = True
+    default_coadd_years: int | None = None
+    survey_modes: tuple[str, ...] = ()
+
+
+# Bands that lenstronomy's ObservationConfig supports with a Gaussian PSF (HST's
+# TDLMC_F160W needs a pixelised PSF and is left out), with their effective (pivot)
+# wavelengths [nm]. Sources: LSST — Ivezić et al. 2019 (ApJ 873, 111), Table 2; DES —
+# Abbott et al. 2018 (ApJS 239, 18), Table 1; Euclid VIS and NISP — Cropper et al. 2016
+# (SPIE 9904) and Euclid Collaboration: Schirmer et al. 2022 (A&A 662, A92), mid-points
+# of the passbands; HST WFC3/IR F160W — STScI WFC3 instrument handbook (pivot); Roman
+# WFI — the Roman WFI technical page (centres).
+SURVEYS: MappingProxyType = MappingProxyType(
+    {
+        "LSST": SurveyTable(
+            MappingProxyType(
+                {"u": 367.0, "g": 482.0, "r": 622.0, "i": 755.0, "z": 869.0, "y": 971.0}
+            ),
+            default_coadd_years=10,
+        ),
+        "DES": SurveyTable(
+            MappingProxyType({"g": 473.0, "r": 642.0, "i": 784.0, "z": 926.0, "Y": 1009.0})
+        ),
+        "Euclid": SurveyTable(
+            MappingProxyType({"VIS": 715.0, "Y": 1081.0, "J": 1367.0, "H": 1771.0})
+        ),
+        "HST": SurveyTable(
+            MappingProxyType({"F160W": 1537.0, "WFC3_F160W": 1537.0}), has_coadd_depth=False
+        ),
+        "Roman": SurveyTable(
+            MappingProxyType(
+                {
+                    "F062": 620.0,
+                    "F087": 869.0,
+                    "F106": 1060.0,
+                    "F129": 1290.0,
+                    "F146": 1464.0,
+                    "F158": 1577.0,
+                    "F184": 1842.0,
+                }
+            ),
+            has_coadd_depth=False,
+            survey_modes=("wide_area", "time_domain_wide", "time_domain_deep", "microlensing"),
+        ),
+    }
+)
 
 
 @contextlib.contextmanager
@@ -58,43 +107,54 @@ def _pristine_module_dicts(module):
             target.update(value)
 
 
-def _observation_kwargs(survey: SurveyConfig, band: str) -> dict:
-    """lenstronomy ``kwargs_single_band`` of one band (a private copy)."""
-    from lenstronomy.SimulationAPI.ObservationConfig import DES, HST, LSST, Euclid, Roman
-
-    module = {"LSST": LSST, "DES": DES, "Euclid": Euclid, "HST": HST, "Roman": Roman}[survey.name]
-    with _pristine_module_dicts(module):
-        return copy.deepcopy(_observation(survey, band).kwargs_single_band())
-
-
-def _observation(survey: SurveyConfig, band: str):
+def _observation(name: str, band: str, coadd_years, survey_mode, psf_type: str):
     """The lenstronomy ObservationConfig instance of one band."""
     from lenstronomy.SimulationAPI.ObservationConfig import DES, HST, LSST, Euclid, Roman
 
-    name = survey.name
-    if name == "LSST":
-        kwargs = {} if survey.coadd_years is None else {"coadd_years": survey.coadd_years}
-        return LSST.LSST(band=band, psf_type=survey.psf_type, **kwargs)
-    if name == "DES":
-        kwargs = {} if survey.coadd_years is None else {"coadd_years": survey.coadd_years}
-        return DES.DES(band=band, psf_type=survey.psf_type, **kwargs)
-    if name == "Euclid":
-        kwargs = {} if survey.coadd_years is None else {"coadd_years": survey.coadd_years}
-        return Euclid.Euclid(band=band, psf_type=survey.psf_type, **kwargs)
     if name == "HST":
-        return HST.HST(band=band, psf_type=survey.psf_type, coadd_years=survey.coadd_years)
+        return HST.HST(band=band, psf_type=psf_type, coadd_years=coadd_years)
     if name == "Roman":
-        mode = survey.survey_mode or "wide_area"
-        return Roman.Roman(band=band, psf_type=survey.psf_type, survey_mode=mode)
-    raise ValueError(f"survey.name: unknown survey {name!r}")  # pragma: no cover
+        mode = survey_mode or SURVEYS["Roman"].survey_modes[0]
+        return Roman.Roman(band=band, psf_type=psf_type, survey_mode=mode)
+    kwargs = {} if coadd_years is None else {"coadd_years": coadd_years}
+    survey = {"LSST": LSST.LSST, "DES": DES.DES, "Euclid": Euclid.Euclid}[name]
+    return survey(band=band, psf_type=psf_type, **kwargs)
 
 
-def band_settings(survey: SurveyConfig) -> list[dict]:
+def _observation_kwargs(name, band, coadd_years, survey_mode, psf_type) -> dict:
+    """lenstronomy ``kwargs_single_band`` of one band (a private copy)."""
+    from lenstronomy.SimulationAPI.ObservationConfig import DES, HST, LSST, Euclid, Roman
+
+    module = {"LSST": LSST, "DES": DES, "Euclid": Euclid, "HST": HST, "Roman": Roman}[name]
+    with _pristine_module_dicts(module):
+        observation = _observation(name, band, coadd_years, survey_mode, psf_type)
+        return copy.deepcopy(observation.kwargs_single_band())
+
+
+def _table(name: str) -> SurveyTable:
+    if name not in SURVEYS:
+        raise ValueError(f"survey.name: unknown survey {name!r}; expected one of {list(SURVEYS)}")
+    return SURVEYS[name]
+
+
+def band_settings(
+    name: str,
+    bands: Sequence[str],
+    *,
+    coadd_years: int | None = None,
+    survey_mode: str | None = None,
+    psf_type: str = "GAUSSIAN",
+    pixel_scale: float | None = None,
+) -> list[dict]:
     """lenstronomy ``kwargs_single_band`` of every band of a survey, in band order.
 
     Args:
-        survey: the survey settings; ``pixel_scale`` (arcsec), when set, overrides the
-            instrument's pixel scale.
+        name: survey, as named by ``lenstronomy.SimulationAPI.ObservationConfig``.
+        bands: band names.
+        coadd_years: depth of the coadd [years]; None takes lenstronomy's default.
+        survey_mode: Roman's observing mode (None: wide_area).
+        psf_type: lenstronomy PSF type.
+        pixel_scale: pixel size [arcsec] overriding the instrument's, or None.
 
     Returns:
         One dict per band with lenstronomy's keys (``exposure_time`` [s],
@@ -105,37 +165,43 @@ def band_settings(survey: SurveyConfig) -> list[dict]:
     Raises:
         ValueError: lenstronomy does not support a band / depth / mode combination.
     """
+    _table(name)
     settings = []
-    for band in survey.bands:
+    for band in bands:
         try:
-            kwargs = _observation_kwargs(survey, band)
+            kwargs = _observation_kwargs(name, band, coadd_years, survey_mode, psf_type)
         except ValueError as error:
-            raise ValueError(f"survey {survey.name} band {band}: {error}") from None
-        kwargs["psf_type"] = survey.psf_type
+            raise ValueError(f"survey {name} band {band}: {error}") from None
+        kwargs["psf_type"] = psf_type
         if kwargs.get("seeing") is None:
-            raise ValueError(f"survey {survey.name} band {band}: no seeing for a Gaussian PSF")
-        if survey.pixel_scale is not None:
-            kwargs["pixel_scale"] = float(survey.pixel_scale)
+            raise ValueError(f"survey {name} band {band}: no seeing for a Gaussian PSF")
+        if pixel_scale is not None:
+            kwargs["pixel_scale"] = float(pixel_scale)
         settings.append(kwargs)
     return settings
 
 
-def band_wavelengths(survey: SurveyConfig) -> tuple[float, ...]:
-    """Effective wavelength [nm] of each band of ``survey``, in band order."""
-    table = BAND_WAVELENGTH_NM[survey.name]
-    return tuple(table[band] for band in survey.bands)
+def band_wavelengths(name: str, bands: Sequence[str]) -> tuple[float, ...]:
+    """Effective wavelength [nm] of each band of survey ``name``, in band order."""
+    table = _table(name).bands
+    unknown = [band for band in bands if band not in table]
+    if unknown:
+        raise ValueError(
+            f"unknown band(s) {unknown} for survey {name}; expected some of {list(table)}"
+        )
+    return tuple(table[band] for band in bands)
 
 
-def pixel_scale(survey: SurveyConfig) -> float:
-    """Pixel scale [arcsec] of the images (the configured one, else the instrument's).
+def common_pixel_scale(settings: Sequence[dict], bands: Sequence[str]) -> float:
+    """The one pixel scale [arcsec] of a survey's band settings (see :func:`band_settings`).
 
     Raises:
-        ValueError: the bands' native pixel scales differ and none is configured.
+        ValueError: the bands' pixel scales differ.
     """
-    scales = {round(kwargs["pixel_scale"], 9) for kwargs in band_settings(survey)}
+    scales = {round(kwargs["pixel_scale"], 9) for kwargs in settings}
     if len(scales) != 1:
         raise ValueError(
-            f"survey.pixel_scale: bands {list(survey.bands)} have different native pixel "
+            f"survey.pixel_scale: bands {list(bands)} have different native pixel "
             f"scales {sorted(scales)}; set survey.pixel_scale"
         )
     return float(scales.pop())

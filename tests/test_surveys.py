@@ -7,8 +7,16 @@ from lenstronomy.SimulationAPI.ObservationConfig.Euclid import Euclid
 from lenstronomy.SimulationAPI.ObservationConfig.LSST import LSST
 from pydantic import ValidationError
 
-from sbi_lens.config import SURVEY_BANDS, SurveyConfig
-from sbi_lens.surveys import band_settings, band_wavelengths, pixel_scale
+from sbi_lens.config import SurveyConfig
+from sbi_lens.surveys import SURVEYS
+
+
+def band_settings(survey):
+    return survey.band_settings()
+
+
+def pixel_scale(survey):
+    return survey.image_pixel_scale()
 
 
 def test_lsst_settings_are_lenstronomys():
@@ -48,11 +56,10 @@ def test_lenstronomy_module_dicts_do_not_leak_between_calls():
     assert default["num_exposures"] == DES(band="g").kwargs_single_band()["num_exposures"] == 10
 
 
-@pytest.mark.parametrize("survey", sorted(SURVEY_BANDS))
+@pytest.mark.parametrize("survey", sorted(SURVEYS))
 def test_every_listed_band_is_supported(survey):
-    modes = ["wide_area", "time_domain_wide", "time_domain_deep", "microlensing"]
-    for band in SURVEY_BANDS[survey]:
-        candidates = modes if survey == "Roman" else [None]
+    for band in SURVEYS[survey].bands:
+        candidates = SURVEYS[survey].survey_modes or [None]
         ok = []
         for candidate in candidates:
             try:
@@ -79,4 +86,26 @@ def test_unsupported_settings_raise(kwargs, message):
 
 def test_wavelengths_are_ordered_like_the_filters():
     survey = SurveyConfig(name="LSST", bands=("u", "g", "r", "i", "z", "y"))
-    assert np.all(np.diff(band_wavelengths(survey)) > 0)
+    assert np.all(np.diff(survey.band_wavelengths()) > 0)
+
+
+@pytest.mark.parametrize("name", sorted(SURVEYS))
+def test_the_survey_table_lists_bands_in_wavelength_order(name):
+    assert np.all(np.diff(list(SURVEYS[name].bands.values())) >= 0)
+
+
+def test_unknown_survey_and_band_are_named():
+    with pytest.raises(ValidationError, match="unknown survey 'LSTT'; expected one of"):
+        SurveyConfig(name="LSTT")
+    with pytest.raises(ValidationError, match=r"unknown band\(s\) \['q'\] for survey LSST"):
+        SurveyConfig(bands=("g", "q"))
+
+
+def test_surveys_does_not_import_the_config():
+    """config.py imports surveys.py, never the reverse (no import cycle)."""
+    import subprocess
+    import sys
+
+    code = "import sys, sbi_lens.surveys; print('sbi_lens.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
