@@ -115,7 +115,7 @@ class PriorConfig(_Strict):
     def _consistent(self):
         if self.z_lens.low < 0:
             raise ValueError("z_lens.low must be ≥ 0")
-        z_lens_high = self.z_lens.high if self.z_lens.high is not None else None
+        z_lens_high = self.z_lens.high
         if z_lens_high is None:
             raise ValueError("z_lens needs an upper bound (high)")
         z_source_high = self.z_source.high

@@ -6,6 +6,13 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    """Every test runs in its own folder: nothing a test writes (sbi's ./sbi-logs
+    tensorboard files, a default output folder) lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

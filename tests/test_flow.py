@@ -285,11 +285,10 @@ def test_accuracy_linear_gaussian_c2st():
     assert accuracy <= 0.6, accuracy
 
 
-def test_npe_end_to_end_with_images(tmp_path, monkeypatch):
+def test_npe_end_to_end_with_images():
     """NPE trains the builder's estimator; sample, sample_batched, log_prob work."""
     from sbi.inference import NPE
 
-    monkeypatch.chdir(tmp_path)  # sbi writes tensorboard logs to ./sbi-logs
     prior = box_prior()
     g = torch.Generator().manual_seed(0)
     theta = prior.sample((96,))

@@ -16,7 +16,8 @@ from sbi_lens.config import (
     VelocityDispersionFunctionDist,
 )
 from sbi_lens.cosmology import distance_table
-from sbi_lens.priors import LensPrior, make_component
+from sbi_lens.density1d import make_component
+from sbi_lens.priors import LensPrior
 
 
 @pytest.fixture(scope="module")

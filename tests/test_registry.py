@@ -80,10 +80,9 @@ def test_register_refuses_to_shadow_sbi_models():
         registry.register(name="nsf")
 
 
-def test_npe_with_registered_name(tmp_path, monkeypatch):
+def test_npe_with_registered_name():
     from sbi.inference import NPE
 
-    monkeypatch.chdir(tmp_path)  # sbi writes tensorboard logs to ./sbi-logs
     prior = BoxUniform(LOW, HIGH)
     registry.register(prior=prior, num_residual_blocks=1)
     theta = prior.sample((200,))
