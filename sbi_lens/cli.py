@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sbi_lens import __version__
@@ -167,6 +168,17 @@ def _add_infer(sub) -> None:
         action="store_true",
         help="accept cutouts whose header states no pixel scale (the model's is assumed)",
     )
+    p.add_argument(
+        "--extension", default=None, help="image HDU (EXTNAME) of multi-extension files, e.g. SCI"
+    )
+    p.add_argument(
+        "--allow-noise-mismatch",
+        dest="noise_mismatch",
+        action="store_const",
+        const="warn",
+        default="error",
+        help="warn instead of stopping when a cutout's pixel noise is not the training data's",
+    )
     p.add_argument("--num-samples", type=_positive_int, default=1000, help="per lens (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -186,6 +198,8 @@ def _infer(args) -> int:
         input_bands=parse_bands(args.bands),
         crop=args.crop,
         assume_pixel_scale=args.assume_pixel_scale,
+        extension=args.extension,
+        noise_mismatch=args.noise_mismatch,
         num_samples=args.num_samples,
         seed=args.seed,
         device=args.device,
@@ -239,7 +253,11 @@ _SUBCOMMANDS = [_add_simulate, _add_show, _add_train, _add_diagnose, _add_infer,
 
 # Library errors name Python arguments (``crop=True``); these are the flags that set
 # them where the argument's name is not the flag's.
-_FLAG_ALIASES = {"input_bands": "--bands", "num_simulations": "--num"}
+_FLAG_ALIASES = {
+    "input_bands": "--bands",
+    "num_simulations": "--num",
+    "noise_mismatch='warn'": "--allow-noise-mismatch",
+}
 
 
 def _flag_hints(message: str, parser: argparse.ArgumentParser) -> str:
@@ -250,10 +268,18 @@ def _flag_hints(message: str, parser: argparse.ArgumentParser) -> str:
         if long:
             flags[action.dest] = long[0]
     for name, flag in flags.items():
+        if "=" in name:  # a whole setting that one flag makes
+            message = message.replace(name, flag)
+            continue
         message = re.sub(
             rf"\b{name}=(True\b)?", lambda m, f=flag: f if m.group(1) else f + " ", message
         )
     return message
+
+
+def _print_warning(message, category, *args, **kwargs) -> None:
+    """Library warnings (e.g. a cutout unlike the training data) as one line each."""
+    print(f"sbi-lens: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         message = _flag_hints(" ".join(str(error).split()), args.subparser)
         print(f"sbi-lens: error: {message}", file=sys.stderr)

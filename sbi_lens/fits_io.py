@@ -19,6 +19,7 @@ expected.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,7 +40,6 @@ __all__ = [
     "load_cutouts",
     "parse_bands",
     "read_pixel_scale",
-    "write_cutout",
 ]
 
 #: Relative pixel-scale mismatch tolerated between a cutout and the model.
@@ -115,18 +115,18 @@ def parse_bands(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return bands
 
 
-def _read_fits(path: str | Path) -> _FitsImage:
-    """Reads the first HDU holding a 2-D or 3-D image (primary or extension)."""
+def _read_fits(path: str | Path, extension: str | int | None = None) -> _FitsImage:
+    """Reads the image HDU of one file: the only one, or the one named by ``extension``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        data, header = _first_image(path)
+        data, header = _image_hdu(path, extension)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     except Exception as error:  # astropy raises OSError, TypeError, ValueError on bad files
         reason = " ".join(str(error).split()) or type(error).__name__
         raise ValueError(f"{path}: not a readable FITS file ({reason})") from None
-    if data is None:
-        raise ValueError(f"{path}: no image data in any HDU")
     if data.ndim not in (2, 3):
         raise ValueError(
             f"{path}: image has {data.ndim} dimensions {data.shape}; "
@@ -137,17 +137,45 @@ def _read_fits(path: str | Path) -> _FitsImage:
     return _FitsImage(path, data, header)
 
 
-def _first_image(path: Path) -> tuple[np.ndarray | None, fits.Header | None]:
-    """Data and header of the first HDU with a ≥ 2-D image, or (None, None)."""
+def _image_hdu(path: Path, extension: str | int | None) -> tuple[np.ndarray, fits.Header]:
+    """Data and header of the file's image HDU.
+
+    A file with several image HDUs (a multi-extension file: science, variance, mask,
+    or several bands) is ambiguous: its image is chosen by ``extension`` (EXTNAME,
+    case-insensitive, or HDU index) or the file is refused, never guessed.
+    """
     with warnings.catch_warnings():
         # A truncated or malformed file should fail here, not give a half-read image.
         warnings.simplefilter("error", fits.verify.VerifyWarning)
         warnings.filterwarnings("error", message="File may have been truncated")
         with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
-                    return np.asarray(hdu.data), hdu.header.copy()
-    return None, None
+            images = [
+                (index, hdu)
+                for index, hdu in enumerate(hdul)
+                if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2
+            ]
+            names = [hdu.name or str(index) for index, hdu in images]
+            if extension is not None:
+                chosen = [
+                    hdu
+                    for index, hdu in images
+                    if index == extension
+                    or (isinstance(extension, str) and hdu.name.upper() == extension.upper())
+                ]
+                if not chosen:
+                    raise ValueError(
+                        f"no image extension {extension!r}; its image HDUs are {names}"
+                    )
+            elif len(images) > 1:
+                raise ValueError(
+                    f"{len(images)} image extensions {names}; choose one with "
+                    "extension=NAME (one lens per file)"
+                )
+            else:
+                chosen = [hdu for _, hdu in images]
+            if not chosen:
+                raise ValueError("no image data in any HDU")
+            return np.asarray(chosen[0].data), chosen[0].header.copy()
 
 
 def read_pixel_scale(header: fits.Header) -> float | None:
@@ -384,6 +412,7 @@ def iter_cutouts(
     input_bands: Sequence[str] | str | None = None,
     crop: bool = False,
     assume_pixel_scale: bool = False,
+    extension: str | int | None = None,
 ) -> Iterator[Cutout]:
     """Reads and checks cutouts one lens at a time, in the order of ``paths``.
 
@@ -395,6 +424,8 @@ def iter_cutouts(
             name them (``--bands`` on the command line); default the model's order.
         crop: Take the centred window of cutouts larger than the model's shape.
         assume_pixel_scale: Accept files without any pixel-scale keyword.
+        extension: Image HDU to read from multi-extension files (EXTNAME or index);
+            a file with several image HDUs is refused without it.
 
     Yields:
         One :class:`Cutout` per lens, image (bands, H, W) float32 in model band order.
@@ -411,7 +442,7 @@ def iter_cutouts(
     pending: list[_FitsImage] = []
     group_size = len(spec.bands) if input_bands is None else len(input_bands)
     for path in paths:
-        item = _read_fits(path)
+        item = _read_fits(path, extension)
         if item.data.ndim == 3:
             if pending:
                 raise ValueError(_incomplete_group(pending, group_size))
@@ -474,117 +505,50 @@ def load_cutouts(
     input_bands: Sequence[str] | str | None = None,
     crop: bool = False,
     assume_pixel_scale: bool = False,
+    extension: str | int | None = None,
 ) -> tuple[list[Cutout], np.ndarray]:
     """Reads and checks all cutouts before any inference starts.
 
-    Arguments as for :func:`iter_cutouts`. Names are made unique (``lens``,
-    ``lens_2``, ...) so output files never overwrite each other.
+    Arguments as for :func:`iter_cutouts`. Names are made unique per input path
+    (``a/lens.fits``, ``b/lens.fits`` → ``a_lens``, ``b_lens``) so output files never
+    overwrite each other.
 
     Returns:
         The cutouts and their images stacked as x (N, bands, H, W) float32.
     """
     if not paths:
         raise ValueError("no FITS files given")
-    cutouts = list(
-        iter_cutouts(
-            paths, spec, input_bands=input_bands, crop=crop, assume_pixel_scale=assume_pixel_scale
-        )
+    cutouts = iter_cutouts(
+        paths,
+        spec,
+        input_bands=input_bands,
+        crop=crop,
+        assume_pixel_scale=assume_pixel_scale,
+        extension=extension,
     )
-    seen: dict[str, int] = {}
-    unique = []
-    for cutout in cutouts:
-        count = seen.get(cutout.name, 0) + 1
-        seen[cutout.name] = count
-        if count > 1:
-            cutout = Cutout(
-                f"{cutout.name}_{count}", cutout.image, cutout.sources, cutout.pixel_scale,
-                cutout.cropped,
-            )  # fmt: skip
-        unique.append(cutout)
+    unique = _with_unique_names(list(cutouts))
     return unique, np.stack([c.image for c in unique]).astype(np.float32, copy=False)
 
 
-# ----------------------------------------------------------------------------- writing
+def _with_unique_names(cutouts: Sequence[Cutout]) -> list[Cutout]:
+    """Cutouts renamed so that no two share a name (their output files are per name).
 
-
-def _scale_cards(
-    header: fits.Header, shape: tuple[int, int], pixel_scale: float, keyword: str | None
-) -> None:
-    """Adds a TAN WCS (RA increasing to the left) or PIXSCALE to a header."""
-    if keyword is None:
-        return
-    if keyword == "pixscale":
-        header["PIXSCALE"] = (pixel_scale, "[arcsec/pixel]")
-        return
-    if keyword not in ("cd", "cdelt"):
-        raise ValueError(
-            f"scale_keyword: expected 'cd', 'cdelt', 'pixscale' or None, got {keyword!r}"
-        )
-    degrees = pixel_scale / 3600.0
-    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
-    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
-    header["CRPIX1"], header["CRPIX2"] = (shape[1] + 1) / 2, (shape[0] + 1) / 2
-    header["CRVAL1"], header["CRVAL2"] = 150.0, 2.0
-    if keyword == "cd":
-        header["CD1_1"], header["CD1_2"] = -degrees, 0.0
-        header["CD2_1"], header["CD2_2"] = 0.0, degrees
-    else:
-        header["CDELT1"], header["CDELT2"] = -degrees, degrees
-
-
-def write_cutout(
-    path: str | Path,
-    image: np.ndarray,
-    bands: Sequence[str],
-    pixel_scale: float,
-    cube: bool = True,
-    *,
-    scale_keyword: str | None = "cd",
-    band_keyword: str | None = "BAND",
-    overwrite: bool = False,
-) -> list[Path]:
-    """Writes one lens as FITS in a layout :func:`iter_cutouts` reads.
-
-    Args:
-        path: Output file, e.g. ``lens.fits``. With ``cube=False`` one file per band is
-            written next to it, named ``lens_g.fits``, ``lens_r.fits``, ...
-        image: Pixels (bands, H, W), e.g. one simulated ``x`` of a store.
-        bands: Band names, in the order of ``image``.
-        pixel_scale: Pixel side in arcsec/pixel.
-        cube: One (bands, H, W) cube, or one 2-D file per band.
-        scale_keyword: How the scale is stated: ``"cd"`` (TAN WCS with a CD matrix),
-            ``"cdelt"`` (TAN WCS with CDELT), ``"pixscale"`` (PIXSCALE in arcsec/pixel)
-            or None (no scale).
-        band_keyword: ``"BAND"`` or ``"FILTER"`` (``BAND1..n`` in a cube), or None.
-        overwrite: Replace existing files.
-
-    Returns:
-        The files written.
+    A name shared by several inputs (``a/lens.fits``, ``b/lens.fits``) takes its folder
+    (``a_lens``, ``b_lens``); a numeric suffix settles the rest, checked against every
+    name, so a renamed lens never takes another's name.
     """
-    image = np.asarray(image, dtype=np.float32)
-    bands = list(bands)
-    if image.ndim != 3 or image.shape[0] != len(bands):
-        raise ValueError(
-            f"image: expected ({len(bands)}, H, W) for bands {bands}, got {image.shape}"
-        )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = tuple(image.shape[-2:])
-    if cube:
-        header = fits.Header()
-        _scale_cards(header, shape, pixel_scale, scale_keyword)
-        for i, band in enumerate(bands):
-            if band_keyword is not None:
-                header[f"{band_keyword}{i + 1}"] = (band, f"band of plane {i + 1}")
-        fits.PrimaryHDU(image, header=header).writeto(path, overwrite=overwrite)
-        return [path]
-    written = []
-    for band, plane in zip(bands, image, strict=True):
-        header = fits.Header()
-        _scale_cards(header, shape, pixel_scale, scale_keyword)
-        if band_keyword is not None:
-            header[band_keyword] = band
-        target = path.with_name(f"{path.stem}_{band}{path.suffix or '.fits'}")
-        fits.PrimaryHDU(plane, header=header).writeto(target, overwrite=overwrite)
-        written.append(target)
-    return written
+    stems = [c.name for c in cutouts]
+    names = [
+        f"{c.sources[0].resolve().parent.name}_{stem}" if stems.count(stem) > 1 else stem
+        for c, stem in zip(cutouts, stems, strict=True)
+    ]
+    taken: set[str] = set()
+    renamed = []
+    for cutout, name in zip(cutouts, names, strict=True):
+        candidate, count = name, 1
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        taken.add(candidate)
+        renamed.append(dataclasses.replace(cutout, name=candidate))
+    return renamed

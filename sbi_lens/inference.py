@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,16 @@ import torch
 
 from sbi_lens import __version__
 from sbi_lens.fits_io import Cutout, ImageSpec, load_cutouts
+from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.parameters import PARAMETER_NAMES, PARAMETER_UNITS
 
 __all__ = [
+    "NOISE_TOLERANCE",
     "PERCENTILES",
+    "InputMismatchWarning",
+    "check_noise_levels",
+    "noise_levels",
+    "training_noise_levels",
     "LensSummary",
     "format_table",
     "run_inference",
@@ -35,7 +42,13 @@ __all__ = [
 #: Percentiles reported per parameter: median and the central 68 % and 95 % intervals.
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
 _KEYS = ("p2.5", "p16", "median", "p84", "p97.5")
+#: Largest factor between a cutout's pixel noise and the training images' that passes.
+NOISE_TOLERANCE = 2.0
 _DECIMALS = {"z_lens": 3, "z_source": 3, "theta_E": 3, "sigma_v": 1}
+
+
+class InputMismatchWarning(UserWarning):
+    """A cutout differs from the training images in a way the model may not survive."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,67 @@ def _write_summaries(out: Path, summaries: Sequence[LensSummary], meta: dict) ->
 # ----------------------------------------------------------------------------- driver
 
 
+def noise_levels(x: np.ndarray) -> np.ndarray:
+    """Pixel noise σ of each band of each cutout: 1.4826 × median absolute deviation.
+
+    The same robust estimate :class:`sbi_lens.nn.embedding.LensResNet` fixes from the
+    training images, so the two are comparable.
+
+    Args:
+        x: (N, bands, H, W) images.
+
+    Returns:
+        (N, bands) σ in the images' units.
+    """
+    pixels = np.asarray(x, dtype=np.float64).reshape(*x.shape[:2], -1)
+    median = np.median(pixels, axis=-1, keepdims=True)
+    return 1.4826 * np.median(np.abs(pixels - median), axis=-1)
+
+
+def training_noise_levels(posterior) -> np.ndarray | None:
+    """(bands,) pixel noise σ of the model's training images, or None if it has none."""
+    embedding = getattr(getattr(posterior, "posterior_estimator", posterior), "embedding_net", None)
+    scale = getattr(embedding, "scale", None)
+    return None if scale is None else scale.detach().cpu().numpy().astype(np.float64)
+
+
+def check_noise_levels(
+    cutouts: Sequence[Cutout],
+    x: np.ndarray,
+    expected: np.ndarray | None,
+    bands: Sequence[str],
+    noise_mismatch: str = "error",
+) -> None:
+    """Refuse (or warn about) cutouts whose pixel noise is not the training images'.
+
+    A cutout in other units (nJy instead of e-/s, ×1000) or of another depth gives a
+    confidently shifted posterior; its noise level shows it.
+
+    Args:
+        cutouts: the cutouts, for their names.
+        x: (N, bands, H, W) their images.
+        expected: (bands,) the training images' noise σ (None: nothing to compare).
+        bands: band names, in channel order.
+        noise_mismatch: ``error`` or ``warn``.
+
+    Raises:
+        ValueError: a band's noise is off by more than :data:`NOISE_TOLERANCE`.
+    """
+    if expected is None:
+        return
+    ratio = noise_levels(x) / np.maximum(expected, np.finfo(np.float64).tiny)
+    off = (ratio > NOISE_TOLERANCE) | (ratio < 1 / NOISE_TOLERANCE)
+    for i, j in zip(*np.nonzero(off), strict=True):
+        message = (
+            f"{cutouts[i].sources[0]}: band {bands[j]} pixel noise is {ratio[i, j]:.3g}× the "
+            f"training images' ({expected[j]:.3g}); cutouts must be sky-subtracted, in e-/s "
+            "per pixel at the survey's zero point and depth (docs/inference.md)"
+        )
+        if noise_mismatch == "error":
+            raise ValueError(message + "; noise_mismatch='warn' runs it anyway")
+        warnings.warn(message, InputMismatchWarning, stacklevel=2)
+
+
 def run_inference(
     model_dir: str | Path,
     images: Sequence[str | Path],
@@ -203,6 +277,8 @@ def run_inference(
     input_bands: Sequence[str] | str | None = None,
     crop: bool = False,
     assume_pixel_scale: bool = False,
+    extension: str | int | None = None,
+    noise_mismatch: str = "error",
     num_samples: int = 1000,
     seed: int = 0,
     device: str = "cpu",
@@ -218,10 +294,14 @@ def run_inference(
     Args:
         model_dir: MODEL folder written by ``sbi-lens train``.
         images: FITS files (cubes, or consecutive single-band files per lens).
-        out: Output folder (created; refused if it already holds ``summary.json``).
-        input_bands: Band order of the input when headers do not name it (``--bands``).
+        out: Output folder: new, empty, or one ``infer`` made (refused if it already
+            holds results).
+        input_bands: Band order of the input when headers do not name it.
         crop: Centred crop of cutouts larger than the model's image shape.
         assume_pixel_scale: Accept cutouts without a pixel scale in the header.
+        extension: Image HDU of multi-extension files (EXTNAME or index).
+        noise_mismatch: ``error`` (default) or ``warn`` when a cutout's pixel noise
+            differs from the training images' by more than a factor 2.
         num_samples: Posterior samples per lens.
         seed: Seed of the posterior draws.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -237,46 +317,56 @@ def run_inference(
     """
     from sbi_lens.training import load_posterior, read_model_info
 
-    if num_samples < 2:
-        raise ValueError(f"num_samples={num_samples}: must be at least 2")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    _check_arguments(num_samples, batch_size, noise_mismatch)
     out = Path(out)
     if (out / "summary.json").exists():
         raise ValueError(
             f"out={str(out)!r} already holds inference results (summary.json); "
             "choose another output folder"
         )
-    info = read_model_info(model_dir)
-    spec = ImageSpec.from_model_info(info)
+    spec = ImageSpec.from_model_info(read_model_info(model_dir))
     cutouts, x = load_cutouts(
-        images, spec, input_bands=input_bands, crop=crop, assume_pixel_scale=assume_pixel_scale
+        images,
+        spec,
+        input_bands=input_bands,
+        crop=crop,
+        assume_pixel_scale=assume_pixel_scale,
+        extension=extension,
     )
     posterior = load_posterior(model_dir, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    summaries = []
-    for start in range(0, len(cutouts), batch_size):
-        batch = sample_posterior(
-            posterior, x[start : start + batch_size], num_samples, _batch_seed(seed, start)
-        )
-        for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
-            files = _write_lens(out, cutout, samples, corner)
-            summary = LensSummary(cutout, *summarize_samples(samples), files=tuple(files))
-            summaries.append(summary)
-            if echo is not None:
-                echo(format_table(summary))
-    meta = {
-        "model": str(model_dir),
-        "sbi_lens_version": __version__,
-        "parameter_names": list(PARAMETER_NAMES),
-        "units": PARAMETER_UNITS,
-        "percentiles": list(PERCENTILES),
-        "num_samples": num_samples,
-        "seed": seed,
-        "batch_size": batch_size,
-        "bands": list(spec.bands),
-        "image_shape": list(spec.image_shape),
-        "pixel_scale": spec.pixel_scale,
-    }
-    _write_summaries(out, summaries, meta)
+    check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
+    with claim_output_folder(out, "inference"):
+        summaries = []
+        for start in range(0, len(cutouts), batch_size):
+            batch = sample_posterior(
+                posterior, x[start : start + batch_size], num_samples, _batch_seed(seed, start)
+            )
+            for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
+                files = _write_lens(out, cutout, samples, corner)
+                summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files)))
+                if echo is not None:
+                    echo(format_table(summaries[-1]))
+        meta = {
+            "model": str(model_dir),
+            "sbi_lens_version": __version__,
+            "parameter_names": list(PARAMETER_NAMES),
+            "units": PARAMETER_UNITS,
+            "percentiles": list(PERCENTILES),
+            "num_samples": num_samples,
+            "seed": seed,
+            "batch_size": batch_size,
+            "bands": list(spec.bands),
+            "image_shape": list(spec.image_shape),
+            "pixel_scale": spec.pixel_scale,
+        }
+        _write_summaries(out, summaries, meta)
     return summaries
+
+
+def _check_arguments(num_samples: int, batch_size: int, noise_mismatch: str) -> None:
+    if num_samples < 2:
+        raise ValueError(f"num_samples={num_samples}: must be at least 2")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    if noise_mismatch not in ("error", "warn"):
+        raise ValueError(f"noise_mismatch={noise_mismatch!r}: expected 'error' or 'warn'")

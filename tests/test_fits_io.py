@@ -10,8 +10,8 @@ from sbi_lens.fits_io import (
     load_cutouts,
     parse_bands,
     read_pixel_scale,
-    write_cutout,
 )
+from sbi_lens.fits_writer import write_cutout
 
 SPEC = ImageSpec(bands=("g", "r", "i"), image_shape=(32, 32), pixel_scale=0.2)
 
@@ -121,7 +121,32 @@ def test_unique_names_for_repeated_stems(tmp_path):
     a = write_cutout(tmp_path / "a" / "lens.fits", _image(), SPEC.bands, 0.2)
     b = write_cutout(tmp_path / "b" / "lens.fits", _image(), SPEC.bands, 0.2)
     cutouts, _ = load_cutouts(a + b, SPEC)
-    assert [c.name for c in cutouts] == ["lens", "lens_2"]
+    assert [c.name for c in cutouts] == ["a_lens", "b_lens"]
+    # A suffixed name never takes the name of another input.
+    c = write_cutout(tmp_path / "c" / "a_lens.fits", _image(), SPEC.bands, 0.2)
+    cutouts, _ = load_cutouts(a + b + c + a, SPEC)
+    names = [c.name for c in cutouts]
+    assert len(set(names)) == 4 and names[:3] == ["a_lens", "b_lens", "a_lens_2"]
+
+
+def test_multi_extension_files_need_a_named_extension(tmp_path):
+    """A science + variance file is one lens, read from the named extension only."""
+    image = _image()
+    path = tmp_path / "mef.fits"
+    header = fits.Header({"BAND1": "g", "BAND2": "r", "BAND3": "i", "PIXSCALE": 0.2})
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.ImageHDU(image, header=header, name="SCI"),
+            fits.ImageHDU(np.ones_like(image), header=header, name="VAR"),
+        ]
+    ).writeto(path)
+    with pytest.raises(ValueError, match=r"mef.fits: 2 image extensions \['SCI', 'VAR'\]; choose"):
+        load_cutouts([path, path], SPEC)
+    cutouts, x = load_cutouts([path], SPEC, extension="sci")
+    np.testing.assert_array_equal(x[0], image)
+    with pytest.raises(ValueError, match=r"no image extension 'WHT'; its image HDUs are"):
+        load_cutouts([path], SPEC, extension="WHT")
 
 
 def test_no_pixel_scale_needs_the_flag(tmp_path):

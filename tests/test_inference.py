@@ -9,7 +9,7 @@ from conftest import write_ring_store
 
 from sbi_lens import PARAMETER_NAMES
 from sbi_lens.cli import main
-from sbi_lens.fits_io import write_cutout
+from sbi_lens.fits_writer import write_cutout
 from sbi_lens.inference import run_inference
 from sbi_lens.training import TrainConfig, train
 
@@ -61,7 +61,7 @@ def test_end_to_end_writes_outputs_and_ordered_intervals(simulated, tmp_path, ca
     expected = {"summary.csv", "summary.json"} | {
         f"{n}_{suffix}" for n in names for suffix in ("samples.npz", "samples.csv", "corner.png")
     }
-    assert {p.name for p in out.iterdir()} == expected
+    assert {p.name for p in out.iterdir()} == expected | {".sbi-lens"}
 
     rows = _printed_rows(printed)
     assert set(rows) == {(n, p) for n in names for p in PARAMETER_NAMES}
@@ -137,3 +137,48 @@ def test_cli_errors_name_the_flags(simulated, tmp_path, capsys):
     assert "use --crop to take the centred window" in error
     assert main([*argv, "--crop", "--bands", "g,g,r"]) == 2
     assert "--bands 'g,g,r': duplicate band names" in capsys.readouterr().err
+
+
+def test_cutouts_in_other_units_are_refused_or_flagged(simulated, tmp_path, capsys):
+    """×1000 flux units (or another depth) show in the pixel noise: refused by default."""
+    from astropy.io import fits
+
+    from sbi_lens.inference import InputMismatchWarning
+
+    model, files = simulated
+    scaled = tmp_path / "scaled.fits"
+    with fits.open(files[0]) as hdul:
+        fits.PrimaryHDU(hdul[0].data * 1000.0, header=hdul[0].header).writeto(scaled)
+    with pytest.raises(
+        ValueError, match=r"scaled.fits: band g pixel noise is [0-9]{3,4}× the training"
+    ):
+        run_inference(model, [scaled], tmp_path / "a", num_samples=10, echo=None)
+    assert not (tmp_path / "a").exists()
+    with pytest.warns(InputMismatchWarning, match="band g pixel noise"):
+        run_inference(
+            model, [scaled], tmp_path / "b", num_samples=10, corner=False, echo=None,
+            noise_mismatch="warn",
+        )  # fmt: skip
+    argv = ["infer", str(model), str(scaled), "--num-samples", "10", "--no-corner"]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "--allow-noise-mismatch runs it anyway" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "d"), "--allow-noise-mismatch"]) == 0
+    assert "sbi-lens: warning: " in capsys.readouterr().err
+
+
+def test_output_names_are_unique_per_input_path(simulated, tmp_path):
+    """Two inputs called lens.fits in different folders keep both their samples."""
+    from astropy.io import fits
+
+    model, files = simulated
+    copies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        copies.append(tmp_path / folder / "lens.fits")
+        with fits.open(files[0]) as hdul:
+            hdul.writeto(copies[-1])
+    summaries = run_inference(model, copies, tmp_path / "out", num_samples=10, corner=False,
+                              echo=None)  # fmt: skip
+    assert [s.cutout.name for s in summaries] == ["a_lens", "b_lens"]
+    assert (tmp_path / "out" / "a_lens_samples.npz").exists()
+    assert (tmp_path / "out" / "b_lens_samples.npz").exists()
