@@ -240,7 +240,7 @@ def run_inference(
     Raises:
         ValueError: bad model folder, cutout, or arguments (the message says which).
     """
-    from sbi_lens.training import load_posterior, read_model_info
+    from sbi_lens.model_folder import ModelFolder
 
     if num_samples < 2:
         raise ValueError(f"--num-samples must be at least 2, got {num_samples}")
@@ -251,12 +251,13 @@ def run_inference(
         raise ValueError(
             f"{out} already holds inference results (summary.json); choose another --out"
         )
-    info = read_model_info(model_dir)
+    folder = ModelFolder(model_dir)
+    info = folder.info
     spec = ImageSpec.from_model_info(info)
     cutouts, x = load_cutouts(
         images, spec, input_bands=input_bands, crop=crop, assume_pixel_scale=assume_pixel_scale
     )
-    posterior = load_posterior(model_dir, device=device)
+    posterior = folder.load_posterior(device=device)
     out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for start in range(0, len(cutouts), batch_size):
