@@ -95,7 +95,8 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> int:
-    from sbi_lens.training import load_train_config, train
+    from sbi_lens.config import load_train_config
+    from sbi_lens.training import train
 
     result = train(
         args.store,

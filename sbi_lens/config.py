@@ -1,7 +1,8 @@
-"""Validated configuration models (pydantic) for simulations.
+"""Validated configuration models (pydantic) for simulations and training.
 
-A YAML file maps onto :class:`SimulationConfig`. Every model forbids unknown keys,
-so a typo is reported with the field's path instead of being silently ignored.
+A simulation YAML maps onto :class:`SimulationConfig`, a training YAML onto
+:class:`TrainConfig`. Every model forbids unknown keys, so a typo is reported with the
+field's path instead of being silently ignored; every error is one line naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ from pydantic import (
 
 from sbi_lens.cosmology import DEFAULT_COSMOLOGY, get_cosmology
 from sbi_lens.surveys import SURVEYS, band_settings, band_wavelengths, common_pixel_scale
+
+__all__ = [
+    "ConfigError",
+    "EmbeddingSettings",
+    "FlowSettings",
+    "PopulationConfig",
+    "PriorConfig",
+    "SimulationConfig",
+    "SurveyConfig",
+    "TrainConfig",
+    "load_config",
+    "load_train_config",
+    "parse_config",
+    "parse_train_config",
+]
 
 
 class ConfigError(ValueError):
@@ -338,9 +354,94 @@ def load_config(path_or_text: str | Path) -> SimulationConfig:
             if builtin is None:
                 raise ConfigError(f"config: no such file or built-in config: {source!r}")
             candidate = builtin
-        text, source = candidate.read_text(), str(candidate)
+        text, source = _read_text(candidate), str(candidate)
+    return parse_config(_parse_yaml(text, source) or {}, source)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a config file; a directory or an unreadable file is a ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML file")
     try:
-        data = yaml.safe_load(text)
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}".splitlines()[0]) from None
+
+
+def _parse_yaml(text: str, source: str):
+    """YAML text → Python data (None for an empty document); syntax errors in one line."""
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}".splitlines()[0]) from None
-    return parse_config(data or {}, source)
+
+
+# ---------------------------------------------------------------- training
+class FlowSettings(_Strict):
+    """Architecture of the spline flow (see docs/estimator.md)."""
+
+    num_blocks: int = Field(5, ge=1, le=20)
+    hidden_features: int = Field(128, ge=8)
+    num_bins: int = Field(8, ge=2, le=64)
+    num_residual_blocks: int = Field(1, ge=1, le=8)
+
+
+class EmbeddingSettings(_Strict):
+    """Architecture of the LensResNet image embedding."""
+
+    out_features: int = Field(64, ge=4)
+    widths: tuple[int, ...] = (16, 32, 64)
+    blocks_per_stage: int = Field(1, ge=1, le=8)
+    norm: str = Field("group", pattern="^(group|batch)$")
+
+
+class TrainConfig(_Strict):
+    """Training settings (a YAML file given to ``sbi-lens train --config``)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
+    warmup_epochs: float = Field(0.5, ge=0)
+    clip_grad_norm: float = Field(5.0, gt=0)
+    patience: int = Field(10, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    shuffle_buffer_chunks: int = Field(8, ge=1)
+    augment: bool = True
+    seed: int = 0
+    flow: FlowSettings = FlowSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+
+
+def parse_train_config(data, source: str = "train config") -> TrainConfig:
+    """Validate a mapping as a :class:`TrainConfig` (None: the defaults).
+
+    Raises:
+        ConfigError: with one line naming the source and the offending field.
+    """
+    if data is None:
+        return TrainConfig()
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """Read a training YAML; ``None`` or an empty file gives the defaults.
+
+    Raises:
+        ConfigError: missing file, a directory, bad YAML, not a mapping, or an invalid
+            field; one line naming the file.
+    """
+    if path is None:
+        return TrainConfig()
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such training config")
+    return parse_train_config(_parse_yaml(_read_text(path), str(path)), str(path))

@@ -66,7 +66,7 @@ class ImageSpec:
 
     @classmethod
     def from_model_info(cls, info) -> ImageSpec:
-        """The spec of a :class:`sbi_lens.training.ModelInfo`."""
+        """The spec of a :class:`sbi_lens.model_folder.ModelInfo`."""
         return cls(tuple(info.bands), tuple(info.image_shape), float(info.pixel_scale))
 
 

@@ -315,7 +315,7 @@ def run_inference(
     Raises:
         ValueError: bad model folder, cutout, or arguments (the message says which).
     """
-    from sbi_lens.training import load_posterior, read_model_info
+    from sbi_lens.model_folder import ModelFolder
 
     _check_arguments(num_samples, batch_size, noise_mismatch)
     out = Path(out)
@@ -324,7 +324,8 @@ def run_inference(
             f"out={str(out)!r} already holds inference results (summary.json); "
             "choose another output folder"
         )
-    spec = ImageSpec.from_model_info(read_model_info(model_dir))
+    folder = ModelFolder(model_dir)
+    spec = ImageSpec.from_model_info(folder.info)
     cutouts, x = load_cutouts(
         images,
         spec,
@@ -333,7 +334,7 @@ def run_inference(
         assume_pixel_scale=assume_pixel_scale,
         extension=extension,
     )
-    posterior = load_posterior(model_dir, device=device)
+    posterior = folder.load_posterior(device=device)
     check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
     with claim_output_folder(out, "inference"):
         summaries = []

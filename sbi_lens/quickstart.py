@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbi_lens.config import load_config
+from sbi_lens.config import TrainConfig, load_config
 from sbi_lens.parallel import run_simulation
-from sbi_lens.training import TrainConfig, train
+from sbi_lens.training import train
 
 DEFAULT_TRAIN_LENSES = 16_000
 DEFAULT_TEST_LENSES = 1_000

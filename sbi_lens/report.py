@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from sbi_lens.model_folder import ModelFolder, ModelInfo
 from sbi_lens.store import SimulationStore
-from sbi_lens.training import ModelInfo, load_posterior, read_model_info
 
 
 def check_store_matches_model(store: SimulationStore, info: ModelInfo) -> None:
@@ -53,7 +53,8 @@ def diagnose(
     from sbi_lens.diagnostics import format_summary, run_diagnostics
     from sbi_lens.plots import write_report_figures
 
-    info = read_model_info(model_dir)
+    folder = ModelFolder(model_dir)
+    info = folder.info
     store = SimulationStore.open(store_path)
     check_store_matches_model(store, info)
     if (
@@ -65,7 +66,7 @@ def diagnose(
             "(simulate one with another --seed)"
         )
     theta, x = store.load(limit=num_obs)
-    posterior = load_posterior(model_dir, device=device)
+    posterior = folder.load_posterior(device=device)
     start = time.perf_counter()
     report = run_diagnostics(
         posterior,
@@ -83,7 +84,7 @@ def diagnose(
         lens_samples = posterior.sample(
             (num_samples,), x=torch.as_tensor(x[:1]).to(posterior._device), show_progress_bars=False
         )
-    history = Path(model_dir) / "history.csv"
+    history = folder.history_path
     figures = write_report_figures(
         report,
         out_dir,

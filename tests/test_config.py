@@ -1,7 +1,7 @@
 import pytest
 
 from sbi_lens.cli import main
-from sbi_lens.config import ConfigError, load_config, parse_config
+from sbi_lens.config import ConfigError, TrainConfig, load_config, load_train_config, parse_config
 from sbi_lens.resources import builtin_config_names
 
 
@@ -55,3 +55,34 @@ def test_cli_reports_bad_config_on_one_line(tmp_path, capsys):
 def test_missing_config_file(capsys):
     assert main(["simulate", "no-such-config", "--num", "4", "--out", "x.zarr"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: [1\n", "not valid YAML"),
+        ("- 1\n- 2\n", "expected a mapping at the top level, got list"),
+        ("epochs: 1\nlearning_rat: 0.1\n", "learning_rat: unknown key"),
+        ("flow: {num_bins: 1}\n", "flow.num_bins:"),
+    ],
+)
+def test_train_config_errors_are_one_line_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_train_config(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+    assert message in str(error.value)
+
+
+def test_train_config_directory_missing_and_empty(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory") as error:
+        load_train_config(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path}: ")
+    with pytest.raises(ConfigError, match="no such training config"):
+        load_train_config(tmp_path / "absent.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set: defaults\n")
+    assert load_train_config(empty) == TrainConfig() == load_train_config(None)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)  # the simulation loader shares the file reader

@@ -9,9 +9,10 @@ from conftest import write_ring_store
 
 from sbi_lens import PARAMETER_NAMES
 from sbi_lens.cli import main
+from sbi_lens.config import TrainConfig
 from sbi_lens.fits_writer import write_cutout
 from sbi_lens.inference import run_inference
-from sbi_lens.training import TrainConfig, train
+from sbi_lens.training import train
 
 TINY = TrainConfig(
     epochs=1,

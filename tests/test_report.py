@@ -7,7 +7,8 @@ import torch
 from conftest import write_ring_store
 
 from sbi_lens.cli import main
-from sbi_lens.training import TrainConfig, train
+from sbi_lens.config import TrainConfig
+from sbi_lens.training import train
 
 TINY = TrainConfig(
     epochs=1,

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -8,8 +9,12 @@ import pytest
 import torch
 from conftest import write_ring_store
 
+from sbi_lens.architecture import build_estimator
 from sbi_lens.cli import main
-from sbi_lens.training import TrainConfig, load_posterior, train
+from sbi_lens.config import TrainConfig
+from sbi_lens.model_folder import ModelFolder, load_posterior
+from sbi_lens.streaming import normalisation_batch
+from sbi_lens.training import NonFiniteLossError, TrainState, train
 
 SMALL = TrainConfig(
     epochs=2,
@@ -48,12 +53,10 @@ def test_model_folder_contents(trained):
 
 
 def test_save_load_gives_identical_log_prob(trained, ring_store):
-    from sbi_lens.training import load_estimator
-
     theta, x = ring_store.read_chunk(0)
     theta, x = torch.as_tensor(theta[:8]), torch.as_tensor(x[:8])
-    first, _ = load_estimator(trained.model_dir)
-    second, _ = load_estimator(trained.model_dir)
+    first = ModelFolder(trained.model_dir).load_estimator()
+    second = ModelFolder(trained.model_dir).load_estimator()
     best = torch.load(trained.model_dir / "weights.pt", weights_only=True)
     assert set(best) == set(first.state_dict())
     torch.testing.assert_close(
@@ -128,7 +131,7 @@ def test_cli_train_and_errors(ring_store, tmp_path, capsys):
 
 def test_stream_holds_at_most_the_buffer(ring_store, monkeypatch):
     """The shuffle buffer bounds what is in memory: chunks are read lazily, a few at a time."""
-    from sbi_lens.training import stream_batches
+    from sbi_lens.streaming import stream_batches
 
     reads = []
     original = ring_store.read_chunk
@@ -139,6 +142,75 @@ def test_stream_holds_at_most_the_buffer(ring_store, monkeypatch):
     assert len(reads) == 2  # only the first buffer was read
     rows = sum(len(theta) for theta, _ in batches) + 16
     assert rows == len(ring_store) and sorted(reads) == sorted(chunks.tolist())
+
+
+def test_model_folder_round_trip_needs_no_data(trained, ring_store, tmp_path, monkeypatch):
+    """model.json + weights.pt alone rebuild the estimator: same state, same log_prob."""
+    import shutil
+
+    from sbi_lens.nn.embedding import LensResNet
+    from sbi_lens.store import SimulationStore
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.json", "weights.pt"):
+        shutil.copy(trained.model_dir / name, copy / name)
+    info = ModelFolder(copy).info
+    assert info.bands == ring_store.layout.bands and info.image_shape == (32, 32)
+    assert info.pixel_scale == ring_store.layout.pixel_scale
+    assert info.simulation == ring_store.config and info.train == SMALL
+    assert info.raw["status"] == "trained" and info.raw["best_epoch"] == trained.best_epoch
+    # The trained estimator, the way training builds it (from data), with the best weights.
+    norm_theta, norm_x = normalisation_batch(ring_store, ring_store.completed_chunks(), 256)
+    reference = build_estimator(ring_store.config, SMALL, norm_theta, norm_x)
+    reference.load_state_dict(torch.load(trained.model_dir / "weights.pt", weights_only=True))
+    reference.eval()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model must not need data")
+
+    monkeypatch.setattr(SimulationStore, "open", refuse)
+    monkeypatch.setattr(LensResNet, "fit_scaling", refuse)
+    rng_before = torch.get_rng_state()
+    loaded = ModelFolder(copy).load_estimator(device="cpu")
+    assert torch.equal(torch.get_rng_state(), rng_before)  # user seeds are not shifted
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    theta, x = ring_store.read_chunk(1)
+    theta, x = torch.as_tensor(theta[:16]), torch.as_tensor(x[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.log_prob(theta[None], x), reference.log_prob(theta[None], x), rtol=0, atol=0
+        )
+
+
+def test_train_state_checkpoint_round_trip(trained, tmp_path):
+    state = TrainState(
+        epoch=3, best_val=-1.5, best_epoch=2, bad_epochs=1, history=[{"epoch": 0, "val_loss": 2.0}]
+    )
+    torch.save(state.to_checkpoint({}, {}, {}), tmp_path / "c.pt")
+    assert TrainState.from_checkpoint(torch.load(tmp_path / "c.pt", weights_only=True)) == state
+    saved = TrainState.from_checkpoint(
+        torch.load(trained.model_dir / "checkpoint.pt", weights_only=True)
+    )
+    assert saved.epoch == len(trained.history) - 1 and saved.history == trained.history
+    assert (saved.best_epoch, saved.best_val) == (trained.best_epoch, trained.best_val_loss)
+
+
+def test_train_errors_name_arguments(ring_store, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"^resume=True: .*checkpoint.pt does not exist$"):
+        train(ring_store.path, tmp_path / "none", SMALL, device="cpu", resume=True)
+    with pytest.raises(ValueError, match=r"^device must be 'auto', 'cpu' or 'cuda', got 'tpu'$"):
+        train(ring_store.path, tmp_path / "tpu", SMALL, device="tpu", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device='cuda': no CUDA device is available"):
+            train(ring_store.path, tmp_path / "cuda", SMALL, device="cuda", progress=False)
+    # NaN images after the normalisation batch: the loss is NaN in the first step.
+    monkeypatch.setattr(
+        "sbi_lens.training.augment_dihedral", lambda x, generator: torch.full_like(x, math.nan)
+    )
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite training loss at epoch 0;"):
+        train(ring_store.path, tmp_path / "nan", SMALL, device="cpu", progress=False)
 
 
 @pytest.mark.slow
@@ -152,7 +224,8 @@ def test_streaming_keeps_memory_bounded(tmp_path):
         f"""
         import resource, torch
         import lenstronomy, sbi.inference, zuko, sbi_lens.nn.flow, sbi_lens.plots  # noqa: F401
-        from sbi_lens.training import TrainConfig, train
+        from sbi_lens.config import TrainConfig
+        from sbi_lens.training import train
         torch.set_num_threads(1)
         config = TrainConfig(epochs=1, batch_size=50, shuffle_buffer_chunks=2,
                              flow={{"hidden_features": 16, "num_blocks": 2}},

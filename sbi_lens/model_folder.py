@@ -1,0 +1,238 @@
+"""A trained model on disk: its description, checkpoints, and the estimator it holds.
+
+A MODEL folder holds ``model.json`` (simulation and training configs, image layout,
+versions), ``weights.pt`` (the best state dict), ``checkpoint.pt`` (the last epoch,
+for resuming), ``history.csv`` and ``training_curve.png``. A saved model is
+hyperparameters (``model.json``) plus array values (``weights.pt``): loading it
+rebuilds the modules from the former and fills them from the latter, with no data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from sbi_lens import PARAMETER_NAMES, __version__
+from sbi_lens.config import SimulationConfig, TrainConfig, parse_config, parse_train_config
+
+__all__ = ["MODEL_FORMAT", "ModelFolder", "ModelInfo", "load_posterior", "resolve_device"]
+
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a MODEL folder says about the data it was trained for.
+
+    Attributes:
+        bands: band names, in channel order.
+        image_shape: (H, W) in pixels.
+        pixel_scale: pixel size [arcsec].
+        simulation: the simulation config of the training store (its prior included).
+        train: the training config.
+        raw: the whole ``model.json`` (status, versions, best epoch, store, ...).
+    """
+
+    bands: tuple[str, ...]
+    image_shape: tuple[int, int]
+    pixel_scale: float
+    simulation: SimulationConfig
+    train: TrainConfig
+    raw: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    """``'auto'`` → CUDA when available, else CPU; ``'cuda'`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA device is available; use 'cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+def _versions() -> dict:
+    import lenstronomy
+    import sbi
+    import zuko
+
+    return {
+        "sbi_lens": __version__,
+        "sbi": sbi.__version__,
+        "torch": torch.__version__,
+        "zuko": zuko.__version__,
+        "lenstronomy": lenstronomy.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class ModelFolder:
+    """One MODEL folder: read and write its files.
+
+    Args:
+        path: the folder (need not exist yet when writing a new model).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"ModelFolder({str(self.path)!r})"
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / "weights.pt"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.csv"
+
+    def holds_model(self) -> bool:
+        """Whether the folder already has a ``model.json``."""
+        return self.info_path.exists()
+
+    # ---- model.json ---------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """``model.json``, parsed (read afresh on each access)."""
+        if not self.info_path.exists():
+            raise ValueError(f"{self.path}: not a sbi-lens model folder (no model.json)")
+        raw = json.loads(self.info_path.read_text())
+        if raw.get("format") != MODEL_FORMAT:
+            raise ValueError(
+                f"{self.path}: model format {raw.get('format')!r}, expected {MODEL_FORMAT}"
+            )
+        source = str(self.info_path)
+        return ModelInfo(
+            bands=tuple(raw["bands"]),
+            image_shape=tuple(raw["image_shape"]),
+            pixel_scale=float(raw["pixel_scale"]),
+            simulation=parse_config(
+                yaml.safe_load(raw["simulation_config"]), f"{source}:simulation_config"
+            ),
+            train=parse_train_config(raw["train_config"], f"{source}:train_config"),
+            raw=raw,
+        )
+
+    def write_info(self, store, train: TrainConfig, status: str, extra: dict | None = None):
+        """Write ``model.json`` for a model trained on ``store`` (a SimulationStore)."""
+        layout = store.layout
+        info = {
+            "format": MODEL_FORMAT,
+            "status": status,
+            "parameter_names": list(PARAMETER_NAMES),
+            "bands": list(layout.bands),
+            "image_shape": list(layout.image_shape),
+            "pixel_scale": layout.pixel_scale,
+            "simulation_config": store.config.to_yaml(),
+            "train_config": train.model_dump(mode="json"),
+            "store": str(store.path),
+            "store_seed": store.seed,
+            "versions": _versions(),
+        }
+        info.update(extra or {})
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.info_path.write_text(json.dumps(info, indent=2))
+
+    # ---- weights and checkpoints ----------------------------------------------------
+    def save_best(self, state_dict: dict) -> None:
+        """Write the best state dict to ``weights.pt``."""
+        _save_atomic(state_dict, self.weights_path)
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        """Write ``checkpoint.pt`` (replaced in one step: an interruption leaves the old one)."""
+        _save_atomic(checkpoint, self.checkpoint_path)
+
+    def load_checkpoint(self, device: str | torch.device = "cpu") -> dict:
+        """The last checkpoint, loaded with ``weights_only=True``."""
+        if not self.checkpoint_path.exists():
+            raise ValueError(f"resume=True: {self.checkpoint_path} does not exist")
+        return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+
+    # ---- history --------------------------------------------------------------------
+    def write_history(self, history: list[dict]) -> None:
+        """Write ``history.csv``, one row per epoch."""
+        with open(self.history_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    def plot_history(self, history: list[dict]) -> Path:
+        """Draw ``training_curve.png`` (training and validation loss per epoch)."""
+        from sbi_lens.plots import plot_training_curve
+
+        keys = ("epoch", "train_loss", "val_loss")
+        columns = {key: [row[key] for row in history] for key in keys}
+        return plot_training_curve(columns, self.path / "training_curve.png")
+
+    # ---- the estimator --------------------------------------------------------------
+    def load_estimator(self, device: str = "cpu"):
+        """The trained estimator, in eval mode on ``device``; needs no data.
+
+        Returns:
+            A :class:`~sbi_lens.nn.flow.SplineFlow` with the best weights.
+        """
+        return self._estimator(self.info, device)
+
+    def _estimator(self, info: ModelInfo, device: str):
+        from sbi_lens.architecture import rebuild_estimator
+
+        if not self.weights_path.exists():
+            raise ValueError(f"{self.path}: no weights.pt (training has not finished an epoch)")
+        torch_device = resolve_device(device)
+        estimator = rebuild_estimator(
+            info.simulation, info.train, len(info.bands), info.image_shape
+        )
+        estimator.load_state_dict(
+            torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        )
+        return estimator.to(torch_device).eval()
+
+    def load_posterior(self, device: str = "cpu"):
+        """An sbi ``DirectPosterior`` ready for sample/sample_batched/log_prob."""
+        from sbi.inference.posteriors import DirectPosterior
+
+        from sbi_lens.priors import LensPrior
+
+        info = self.info
+        estimator = self._estimator(info, device)
+        torch_device = next(estimator.parameters()).device
+        prior = LensPrior(info.simulation.prior, device=torch_device)
+        # sbi's DirectPosterior draws from the prior when built: keep the user's seeds.
+        devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return DirectPosterior(posterior_estimator=estimator, prior=prior, device=torch_device)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def load_posterior(model_dir: str | Path, device: str = "cpu"):
+    """An sbi ``DirectPosterior`` for a MODEL folder, ready for sample/sample_batched/log_prob.
+
+    Args:
+        model_dir: the MODEL folder written by :func:`sbi_lens.train`.
+        device: ``'cpu'``, ``'cuda'`` or ``'auto'``.
+    """
+    return ModelFolder(model_dir).load_posterior(device)
