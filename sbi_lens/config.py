@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field refuses .inf/.nan (a NaN store is never useful).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- 1-D distributions
@@ -277,7 +278,7 @@ def _format_error(error: ValidationError, source: str) -> str:
     location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    detail = f" (got {value!r})" if first["type"] in ("extra_forbidden",) else ""
+    detail = f" (got {value!r})" if first["type"] in ("extra_forbidden", "finite_number") else ""
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{source}: {location or '<root>'}: {message}{detail}"
@@ -318,4 +319,9 @@ def load_config(path_or_text: str | Path) -> SimulationConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}".splitlines()[0]) from None
-    return parse_config(data or {}, source)
+    if data is None:
+        raise ConfigError(
+            f"{source}: config is empty; give at least a name, or use a built-in config "
+            "such as quickstart"
+        )
+    return parse_config(data, source)
