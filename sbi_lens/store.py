@@ -120,6 +120,16 @@ def _layout_from_attrs(attrs: dict) -> StoreLayout:
     )
 
 
+def _new_group(path: str, attrs: dict):
+    """A new group whose attrs are written with the group itself (zarr 3), not after."""
+    try:
+        return zarr.open_group(path, mode="w-", attributes=attrs)
+    except TypeError:  # pragma: no cover - zarr 2 has no ``attributes``
+        group = zarr.open_group(path, mode="w-")
+        group.attrs.update(attrs)
+        return group
+
+
 def _create_arrays(group, layout: StoreLayout, only_missing: bool = False) -> None:
     existing = set(group.array_keys()) if only_missing else set()
     for name, (shape, chunks, dtype) in layout.array_specs().items():
@@ -193,7 +203,7 @@ class SimulationStore:
         )
         layout = _layout_from_attrs(attrs)
         if _is_url(path):
-            group = zarr.open_group(path, mode="w-", attributes=attrs)
+            group = _new_group(path, attrs)
             _create_arrays(group, layout)
             return cls(group, path)
         target = Path(path)
@@ -203,7 +213,7 @@ class SimulationStore:
         remove_leftovers(target)
         temporary = target.with_name(f".{target.name}{_TEMP_MARK}{os.getpid()}")
         shutil.rmtree(temporary, ignore_errors=True)
-        _create_arrays(zarr.open_group(str(temporary), mode="w-", attributes=attrs), layout)
+        _create_arrays(_new_group(str(temporary), attrs), layout)
         os.replace(temporary, target)  # atomic; replaces at most an empty folder
         return cls(zarr.open_group(path, mode="r+"), path)
 

@@ -262,6 +262,7 @@ def test_lock_left_by_a_killed_run_is_taken_over(copy, tiny_config):
 # ====================================================================== command line
 def test_unreachable_scheduler_is_one_line(tiny_config, tmp_path, capsys):
     import dask
+    import dask.distributed  # noqa: F401  (load its config before overriding a key of it)
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         status = _simulate(tiny_config, tmp_path / "s.zarr", "--scheduler", "tcp://127.0.0.1:9")
