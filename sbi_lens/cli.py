@@ -1,7 +1,8 @@
 """The ``sbi-lens`` command line: thin wrappers over the library.
 
 Every subcommand is ``main([...])``-callable for tests. User errors (bad config, store,
-image, shapes) print one line ``sbi-lens: error: ...`` and exit with status 2.
+image, shapes, unreachable scheduler) print one line ``sbi-lens: error: ...`` and exit
+with status 2; ``sbi-lens --debug ...`` re-raises them with their traceback.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _simulate(args) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=not args.quiet,
+        log=lambda line: print(line, file=sys.stderr),
     )
     layout = store.layout
     print(
@@ -67,6 +69,11 @@ def _add_show(sub) -> None:
     p.add_argument("store", help="store path")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--num", type=_positive_int, default=16, help="images to show (default 16)")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="use the finished chunks of an unfinished store",
+    )
     p.set_defaults(handler=_show, subparser=p)
 
 
@@ -75,7 +82,8 @@ def _show(args) -> int:
     from sbi_lens.store import SimulationStore
 
     store = SimulationStore.open(args.store)
-    theta, x = store.load(limit=args.num)
+    chunks = store.require_complete(allow_partial=args.allow_partial)
+    theta, x = store.load(limit=args.num, chunks=chunks)
     path = plot_montage(x, theta, bands=store.layout.bands, out=args.out)
     print(f"wrote {path}")
     return 0
@@ -243,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulation-based inference of strong-lens parameters with sbi.",
     )
     parser.add_argument("--version", action="version", version=f"sbi-lens {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
@@ -291,7 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _print_warning
             return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    # OSError: files, permissions, network; FloatingPointError: a diverging training.
+    except (ValueError, OSError, FloatingPointError) as error:
+        if args.debug:
+            raise
         message = _flag_hints(" ".join(str(error).split()), args.subparser)
         print(f"sbi-lens: error: {message}", file=sys.stderr)
         return 2

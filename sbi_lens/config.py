@@ -44,7 +44,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field refuses .inf/.nan (a NaN store is never useful).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- 1-D distributions
@@ -318,7 +319,7 @@ def _format_error(error: ValidationError, source: str) -> str:
     location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    detail = f" (got {value!r})" if first["type"] in ("extra_forbidden",) else ""
+    detail = f" (got {value!r})" if first["type"] in ("extra_forbidden", "finite_number") else ""
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{source}: {location or '<root>'}: {message}{detail}"
@@ -355,7 +356,13 @@ def load_config(path_or_text: str | Path) -> SimulationConfig:
                 raise ConfigError(f"config: no such file or built-in config: {source!r}")
             candidate = builtin
         text, source = _read_text(candidate), str(candidate)
-    return parse_config(_parse_yaml(text, source) or {}, source)
+    data = _parse_yaml(text, source)
+    if data is None:
+        raise ConfigError(
+            f"{source}: config is empty; give at least a name, or use a built-in config "
+            "such as quickstart"
+        )
+    return parse_config(data, source)
 
 
 def _read_text(path: Path) -> str:

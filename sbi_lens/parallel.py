@@ -9,6 +9,7 @@ how often a run was interrupted and resumed.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,17 @@ import numpy as np
 import torch
 
 from sbi_lens.config import SimulationConfig, parse_config
-from sbi_lens.store import SimulationStore, StoreError
+from sbi_lens.store import SimulationStore
+from sbi_lens.store_lock import writer_lock
+
+__all__ = [
+    "ChunkResult",
+    "chunk_streams",
+    "open_or_create_store",
+    "run_chunk_task",
+    "run_simulation",
+    "simulate_chunk",
+]
 
 # Dask spawns workers with MALLOC_TRIM_THRESHOLD_=64 KiB. Setting it at all switches off
 # glibc's adaptive mmap threshold, so every image-sized buffer (≥128 KiB) is mmapped and
@@ -85,9 +96,15 @@ def run_chunk_task(store_path: str, index: int) -> int:
 def open_or_create_store(
     out: str | Path, config: SimulationConfig, num_simulations: int, seed: int
 ) -> SimulationStore:
-    """Open the store at ``out`` to resume it, or create it; refuse one made otherwise."""
+    """Open the store at ``out`` to resume it, or create it; refuse one made otherwise.
+
+    An empty folder at ``out`` counts as no store (nothing in it can be lost).
+    """
     out = str(out)
-    exists = Path(out).exists() if "://" not in out else _remote_exists(out)
+    if "://" in out:
+        exists = _remote_exists(out)
+    else:
+        exists = Path(out).exists() and not (Path(out).is_dir() and not any(Path(out).iterdir()))
     if exists:
         store = SimulationStore.open(out, mode="r+")
         store.check_matches(config, seed, num_simulations)
@@ -103,6 +120,20 @@ def open_or_create_store(
         pixel_scale=simulator.pixel_scale,
         nuisance_names=simulator.nuisance_names,
     )
+
+
+def chunks_to_simulate(store: SimulationStore, log: Callable[[str], None]) -> list[int]:
+    """Unfinished chunks, plus damaged ones (flags cleared first), after a full verify."""
+    health = store.verify(full=True)
+    for label, chunks in (("missing", health.missing), ("corrupt", health.corrupt)):
+        if chunks:
+            listed = ", ".join(str(k) for k in chunks)
+            log(
+                f"{store.path}: repairing {len(chunks)} {label} chunk"
+                f"{'s' if len(chunks) > 1 else ''} ({listed})"
+            )
+    store.mark_unfinished(health.damaged)
+    return sorted(health.unfinished + health.damaged)
 
 
 def _remote_exists(url: str) -> bool:
@@ -121,6 +152,7 @@ def run_simulation(
     workers: int = 1,
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> SimulationStore:
     """Simulate ``num_simulations`` lenses into the store at ``out`` (resuming if present).
 
@@ -133,14 +165,37 @@ def run_simulation(
         scheduler: address of a running Dask scheduler (``tcp://host:8786``); the
             workers must be able to reach ``out``.
         progress: True for a tqdm bar, False for none, or a callback(done, total).
+        log: receives one line per kind of repair (missing or corrupt chunks found in
+            an existing store); default: the ``sbi_lens`` logger, level WARNING.
 
     Returns:
-        The completed store.
+        The completed, verified store.
+
+    Raises:
+        StoreError: the store was made by another command, or another run is writing it.
+        ValueError: ``num_simulations``, ``seed`` or ``workers`` out of range (checked
+            before anything is written).
     """
+    _check_request(num_simulations, seed, workers)
+    log = log or logging.getLogger("sbi_lens").warning
+    with writer_lock(out):
+        return _simulate_locked(
+            config, num_simulations, str(out), seed, workers, scheduler, progress, log
+        )
+
+
+def _check_request(num_simulations: int, seed: int, workers: int) -> None:
+    if int(num_simulations) < 1:
+        raise ValueError(f"num must be ≥ 1, got {num_simulations}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be ≥ 0, got {seed}; choose a non-negative --seed")
     if workers < 1:
         raise ValueError(f"workers must be ≥ 1, got {workers}")
+
+
+def _simulate_locked(config, num_simulations, out, seed, workers, scheduler, progress, log):
     store = open_or_create_store(out, config, num_simulations, seed)
-    pending = [int(k) for k in store.pending_chunks()]
+    pending = chunks_to_simulate(store, log)
     total = store.num_chunks
     done = total - len(pending)
     report = _progress_reporter(progress, total, done)
@@ -157,8 +212,7 @@ def run_simulation(
     finally:
         report.close()
     store = SimulationStore.open(store.path)
-    if not store.is_complete:  # pragma: no cover - only if a worker silently failed
-        raise StoreError(f"{store.path}: {len(store.pending_chunks())} chunks still missing")
+    store.require_complete()  # flags and chunk files; each chunk was checksummed as written
     return store
 
 
@@ -166,7 +220,7 @@ def _run_on_dask(store_path: str, pending: list[int], workers: int, scheduler, r
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler is not None:
-        client = Client(scheduler)
+        client = _connect(scheduler)
         cluster = None
     else:
         import dask
@@ -198,6 +252,20 @@ def _run_on_dask(store_path: str, pending: list[int], workers: int, scheduler, r
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _connect(scheduler: str):
+    """A Client on a running scheduler; one-line ConnectionError if it cannot be reached."""
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler)
+    except Exception as error:  # OSError/TimeoutError when unreachable, ValueError if garbled
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ConnectionError(
+            f"cannot reach the Dask scheduler at {scheduler!r} ({reason}); check --scheduler "
+            "(tcp://host:8786) or drop it to run on this machine"
+        ) from None
 
 
 class _Reporter:
