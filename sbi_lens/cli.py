@@ -98,8 +98,11 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--epochs", type=_positive_int, default=None, help="override the epochs")
     p.add_argument("--resume", action="store_true", help="continue from MODEL/checkpoint.pt")
+    p.add_argument(
+        "--allow-partial", action="store_true", help="train on the intact chunks of a store"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=_train, subparser=p)
+    p.set_defaults(handler=_train, subparser=p, aliases={"model_dir": "--out"})
 
 
 def _train(args) -> int:
@@ -114,6 +117,7 @@ def _train(args) -> int:
         epochs=args.epochs,
         resume=args.resume,
         progress=not args.quiet,
+        allow_partial=args.allow_partial,
     )
     last = result.history[-1]
     print(
@@ -135,7 +139,8 @@ def _add_diagnose(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-c2st", action="store_true", help="skip SBC's C2ST (about 30 s)")
-    p.set_defaults(handler=_diagnose, subparser=p)
+    p.add_argument("--allow-partial", action="store_true", help="use the intact chunks of a store")
+    p.set_defaults(handler=_diagnose, subparser=p, aliases={"out_dir": "--out"})
 
 
 def _diagnose(args) -> int:
@@ -150,6 +155,7 @@ def _diagnose(args) -> int:
         device=args.device,
         seed=args.seed,
         c2st=not args.no_c2st,
+        allow_partial=args.allow_partial,
     )
     print(summary)
     print(f"report: {args.out}/report.md")
@@ -251,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulation-based inference of strong-lens parameters with sbi.",
     )
     parser.add_argument("--version", action="version", version=f"sbi-lens {__version__}")
+    parser.set_defaults(aliases={})
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
@@ -270,9 +277,9 @@ _FLAG_ALIASES = {
 }
 
 
-def _flag_hints(message: str, parser: argparse.ArgumentParser) -> str:
+def _flag_hints(message: str, parser: argparse.ArgumentParser, aliases: dict) -> str:
     """Rewrite ``name=value`` of a library error as the command's ``--flag value``."""
-    flags = dict(_FLAG_ALIASES)
+    flags = {**_FLAG_ALIASES, **aliases}
     for action in parser._actions:  # argparse has no public list of a parser's options
         long = [s for s in action.option_strings if s.startswith("--")]
         if long:
@@ -304,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as error:
         if args.debug:
             raise
-        message = _flag_hints(" ".join(str(error).split()), args.subparser)
+        message = _flag_hints(" ".join(str(error).split()), args.subparser, args.aliases)
         print(f"sbi-lens: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,7 +25,9 @@ from sbi_lens.config import SimulationConfig, TrainConfig, parse_config, parse_t
 
 __all__ = ["MODEL_FORMAT", "ModelFolder", "ModelInfo", "load_posterior", "resolve_device"]
 
-MODEL_FORMAT = 1
+# 2: model.json records the training store's fingerprint and its train/validation chunks.
+MODEL_FORMAT = 2
+_REQUIRED_KEYS = ("bands", "image_shape", "pixel_scale", "simulation_config", "train_config")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}: no CUDA device is available; use 'cpu' or 'auto'")
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
     return torch.device(device)
 
 
@@ -112,15 +114,22 @@ class ModelFolder:
     # ---- model.json ---------------------------------------------------------------
     @property
     def info(self) -> ModelInfo:
-        """``model.json``, parsed (read afresh on each access)."""
-        if not self.info_path.exists():
-            raise ValueError(f"{self.path}: not a sbi-lens model folder (no model.json)")
-        raw = json.loads(self.info_path.read_text())
+        """``model.json``, parsed (read afresh on each access).
+
+        Raises:
+            ValueError: no model.json, not valid JSON, another format, a missing key or an
+                invalid config inside; one line naming the file.
+        """
+        raw = self.raw_info()
+        source = str(self.info_path)
         if raw.get("format") != MODEL_FORMAT:
             raise ValueError(
-                f"{self.path}: model format {raw.get('format')!r}, expected {MODEL_FORMAT}"
+                f"{source}: model format {raw.get('format')!r}, expected {MODEL_FORMAT}; "
+                "retrain the model with this sbi-lens version"
             )
-        source = str(self.info_path)
+        missing = [key for key in _REQUIRED_KEYS if key not in raw]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {missing}; the file is damaged")
         return ModelInfo(
             bands=tuple(raw["bands"]),
             image_shape=tuple(raw["image_shape"]),
@@ -131,6 +140,23 @@ class ModelFolder:
             train=parse_train_config(raw["train_config"], f"{source}:train_config"),
             raw=raw,
         )
+
+    def raw_info(self) -> dict:
+        """``model.json`` as a dict, without validation (one-line errors if unreadable)."""
+        if not self.info_path.exists():
+            raise ValueError(f"{self.path}: not a sbi-lens model folder (no model.json)")
+        try:
+            raw = json.loads(self.info_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{self.info_path}: not readable JSON ({error})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{self.info_path}: expected a JSON object")
+        return raw
+
+    @property
+    def status(self) -> str | None:
+        """``training`` (an unfinished run), ``trained``, or None without model.json."""
+        return self.raw_info().get("status") if self.holds_model() else None
 
     def write_info(self, store, train: TrainConfig, status: str, extra: dict | None = None):
         """Write ``model.json`` for a model trained on ``store`` (a SimulationStore)."""
@@ -146,6 +172,7 @@ class ModelFolder:
             "train_config": train.model_dump(mode="json"),
             "store": str(store.path),
             "store_seed": store.seed,
+            "store_fingerprint": store.fingerprint,
             "versions": _versions(),
         }
         info.update(extra or {})
@@ -165,7 +192,7 @@ class ModelFolder:
         """The last checkpoint, loaded with ``weights_only=True``."""
         if not self.checkpoint_path.exists():
             raise ValueError(f"resume=True: {self.checkpoint_path} does not exist")
-        return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+        return _load_tensors(self.checkpoint_path, device)
 
     # ---- history --------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
@@ -201,9 +228,12 @@ class ModelFolder:
         estimator = rebuild_estimator(
             info.simulation, info.train, len(info.bands), info.image_shape
         )
-        estimator.load_state_dict(
-            torch.load(self.weights_path, map_location="cpu", weights_only=True)
-        )
+        try:
+            estimator.load_state_dict(_load_tensors(self.weights_path, "cpu"))
+        except RuntimeError as error:  # shapes or names of another architecture
+            reason = str(error).splitlines()[0]
+            raise ValueError(f"{self.weights_path}: does not fit model.json's architecture "
+                             f"({reason})") from None  # fmt: skip
         return estimator.to(torch_device).eval()
 
     def load_posterior(self, device: str = "cpu"):
@@ -220,6 +250,28 @@ class ModelFolder:
         devices = [torch_device.index or 0] if torch_device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             return DirectPosterior(posterior_estimator=estimator, prior=prior, device=torch_device)
+
+
+def _load_tensors(path: Path, device) -> dict:
+    """A file written by :func:`_save_atomic`; one line if it is damaged or foreign."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on foreign pickles: we refuse them
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own text suggests weights_only=False, i.e. running foreign code: no.
+        raise ValueError(
+            f"{path}: not written by sbi-lens (it holds objects other than tensors); "
+            "refusing to load it"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise ValueError(
+            f"{path}: damaged or truncated ({reason}); retrain, or restore the file"
+        ) from None
 
 
 def _save_atomic(obj, path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from sbi_lens.model_folder import ModelFolder, ModelInfo
+from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.store import SimulationStore
 
 
@@ -41,44 +42,63 @@ def diagnose(
     device: str = "cpu",
     seed: int = 0,
     c2st: bool = True,
+    allow_partial: bool = False,
 ):
     """Run every diagnostic of the model on the first ``num_obs`` lenses of a store.
 
-    Use a store the model was not trained on (another seed): accuracy on training
-    data says nothing about held-out accuracy.
+    The store must be one the model was not trained on: its training store is
+    recognised by its content fingerprint wherever it lies (a copy, another path), and
+    refused, since accuracy on training data says nothing about held-out accuracy.
+
+    Args:
+        model_dir: MODEL folder.
+        store_path: held-out simulation store.
+        out_dir: REPORT folder: new, empty or one ``diagnose`` made.
+        num_obs: held-out lenses to use.
+        num_samples: posterior samples per lens.
+        device: ``'cpu'``, ``'cuda'`` or ``'auto'``.
+        seed: seed of the posterior draws.
+        c2st: also run the classifier two-sample test of SBC ranks.
+        allow_partial: use the intact chunks of an unfinished or damaged store.
 
     Returns:
-        (DiagnosticsReport, dict of figure paths).
+        (DiagnosticsReport, dict of figure paths, the summary table as text).
     """
-    from sbi_lens.diagnostics import format_summary, run_diagnostics
-    from sbi_lens.plots import write_report_figures
+    from sbi_lens.diagnostics import run_diagnostics
 
     folder = ModelFolder(model_dir)
     info = folder.info
     store = SimulationStore.open(store_path)
     check_store_matches_model(store, info)
-    if (
-        info.raw.get("store_seed") == store.seed
-        and Path(info.raw.get("store", "")).resolve() == Path(store.path).resolve()
-    ):
+    if info.raw.get("store_fingerprint") == store.fingerprint:
         raise ValueError(
-            f"{store.path} is the store the model was trained on; diagnose on a held-out store "
-            "(simulate one with another --seed)"
+            f"{store.path} holds the lenses the model was trained on (store fingerprint "
+            f"{store.fingerprint}); diagnose on a held-out store (simulate one with another seed)"
         )
-    theta, x = store.load(limit=num_obs)
+    chunks = store.require_complete(allow_partial=allow_partial)
+    theta, x = store.load(limit=num_obs, chunks=chunks)
     posterior = folder.load_posterior(device=device)
-    start = time.perf_counter()
-    report = run_diagnostics(
-        posterior,
-        torch.as_tensor(theta),
-        torch.as_tensor(x),
-        num_samples=num_samples,
-        seed=seed,
-        c2st=c2st,
-    )
-    elapsed = time.perf_counter() - start
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with claim_output_folder(out_dir, "report", argument="out_dir") as out_dir:
+        start = time.perf_counter()
+        report = run_diagnostics(
+            posterior,
+            torch.as_tensor(theta),
+            torch.as_tensor(x),
+            num_samples=num_samples,
+            seed=seed,
+            c2st=c2st,
+        )
+        elapsed = time.perf_counter() - start
+        figures, summary = _write_report(out_dir, report, posterior, x, folder, store, elapsed)
+    return report, figures, summary
+
+
+def _write_report(out_dir: Path, report, posterior, x, folder, store, elapsed: float):
+    """metrics.json, the figures and report.md; returns (figure paths, summary text)."""
+    from sbi_lens.diagnostics import format_summary
+    from sbi_lens.plots import write_report_figures
+
+    num_samples = report.num_samples
     (out_dir / "metrics.json").write_text(report.to_json())
     with torch.no_grad():
         lens_samples = posterior.sample(
@@ -93,8 +113,8 @@ def diagnose(
         history=history if history.exists() else None,
     )
     summary = format_summary(report)
-    _write_markdown(out_dir, report, summary, figures, model_dir, store, elapsed)
-    return report, figures, summary
+    _write_markdown(out_dir, report, summary, figures, folder.path, store, elapsed)
+    return figures, summary
 
 
 def _fmt(value: float | None) -> str:

@@ -439,7 +439,7 @@ class SimulationStore:
             return usable
         fix = REPAIR_HINT
         if not allow_partial and len(usable):
-            fix += f", or use only the {len(usable)} intact chunks (--allow-partial)"
+            fix += f", or use only the {len(usable)} intact chunks (allow_partial=True)"
         raise StoreError(f"{self.path}: {health.describe()} (of {self.num_chunks} chunks); {fix}")
 
     # ------------------------------------------------------------------ reading

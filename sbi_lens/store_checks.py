@@ -82,14 +82,17 @@ def _chunk_list(chunks: Sequence[int], limit: int = 8) -> str:
     return f"chunk{'s' if len(chunks) > 1 else ''} {shown}{more}"
 
 
-def config_differences(stored, given, prefix: str = "config") -> list[str]:
+def config_differences(
+    stored, given, prefix: str = "config", labels: tuple[str, str] = ("store", "command")
+) -> list[str]:
     """``field: store has A, command has B`` for every leaf where two config dicts differ."""
     if isinstance(stored, dict) and isinstance(given, dict):
         keys = list(stored) + [key for key in given if key not in stored]
         out = []
         for key in keys:
-            out += config_differences(stored.get(key), given.get(key), f"{prefix}.{key}")
+            out += config_differences(stored.get(key), given.get(key), f"{prefix}.{key}", labels)
         return out
     if stored == given:
         return []
-    return [f"{prefix}: store has {json.dumps(stored)}, command has {json.dumps(given)}"]
+    old, new = labels
+    return [f"{prefix}: {old} has {json.dumps(stored)}, {new} has {json.dumps(given)}"]

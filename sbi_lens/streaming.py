@@ -23,7 +23,7 @@ __all__ = [
 
 
 def split_chunks(
-    store: SimulationStore, fraction: float, seed: int
+    store: SimulationStore, fraction: float, seed: int, chunks: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A fixed split by chunk, so validation lenses never share a chunk with training ones.
 
@@ -31,11 +31,12 @@ def split_chunks(
         store: simulation store with at least two completed chunks.
         fraction: share of the chunks held out for validation, in (0, 1).
         seed: seed of the split.
+        chunks: the chunks to split (default: every completed chunk).
 
     Returns:
         (train chunk indices, validation chunk indices), each sorted.
     """
-    chunks = store.completed_chunks()
+    chunks = store.completed_chunks() if chunks is None else np.asarray(chunks)
     if len(chunks) < 2:
         raise StoreError(
             f"{store.path}: needs at least 2 completed chunks to split train/validation, "

@@ -26,7 +26,9 @@ import torch
 from sbi_lens.architecture import build_estimator
 from sbi_lens.config import TrainConfig
 from sbi_lens.model_folder import ModelFolder, resolve_device
+from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.store import SimulationStore
+from sbi_lens.store_checks import config_differences
 from sbi_lens.streaming import (
     augment_dihedral,
     chunk_rows,
@@ -128,6 +130,7 @@ def train(
     progress: bool = True,
     max_train_chunks: int | None = None,
     stop_after: int | None = None,
+    allow_partial: bool = False,
 ) -> TrainResult:
     """Train q(θ | x) on a store and write the MODEL folder.
 
@@ -143,21 +146,43 @@ def train(
         max_train_chunks: use at most this many training chunks (budgeted runs).
         stop_after: stop after this many epochs in this call (e.g. a batch job's time
             slot); ``resume`` later continues the same schedule.
+        allow_partial: train on the intact chunks of an unfinished or damaged store
+            (otherwise such a store is refused, naming its chunks).
+
+    An interrupted run (killed in any epoch) continues from its last checkpoint when
+    the same call is made again, with or without ``resume``; it restarts when no epoch
+    had finished. Continuing checks that the store and the settings are the ones the
+    run started with.
 
     Raises:
-        ValueError: a folder that holds a model without ``resume``, a missing checkpoint
-            with ``resume``, an unavailable device.
-        NonFiniteLossError: the training loss became NaN or infinite.
+        ValueError: a folder that holds other files or a trained model (without
+            ``resume``), another run writing the folder, a store or settings other than
+            the model's when continuing, an unavailable device, an incomplete store.
+        NonFiniteLossError: the training or validation loss became NaN or infinite.
     """
-    folder = ModelFolder(model_dir)
-    config = _resolve_config(folder, config, epochs, resume)
-    run, state = _prepare(store_path, folder, config, device, resume, max_train_chunks)
+    if resume and ModelFolder(model_dir).status is None:  # before anything is created
+        raise ValueError(f"resume=True: {model_dir} holds no model to resume")
+    store = SimulationStore.open(store_path)
+    chunks = store.require_complete(allow_partial=allow_partial)
+    with claim_output_folder(model_dir, "model", argument="model_dir") as path:
+        folder = ModelFolder(path)
+        config, resume = _resolve_config(folder, config, epochs, resume)
+        if resume:
+            _check_same_run(folder, store, config)
+        run, state = _prepare(store, chunks, folder, config, device, resume, max_train_chunks)
+        return _run_epochs(run, state, config, progress, stop_after)
+
+
+def _run_epochs(
+    run: _Run, state: TrainState, config: TrainConfig, progress: bool, stop_after: int | None
+) -> TrainResult:
+    """The epoch loop: train, validate, record, stop early or at ``stop_after``."""
     first_epoch = state.epoch + 1
     bar = _progress_bar(config, first_epoch) if progress else None
     for epoch in range(first_epoch, config.epochs):
         tick = time.perf_counter()
         train_loss = _train_epoch(run, epoch)
-        val_loss = _validate_epoch(run)
+        val_loss = _validate_epoch(run, epoch)
         _summarize_epoch(run, state, epoch, train_loss, val_loss, time.perf_counter() - tick)
         if bar is not None:
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
@@ -174,30 +199,63 @@ def train(
 # ------------------------------------------------------------------ steps
 def _resolve_config(
     folder: ModelFolder, config: TrainConfig | None, epochs: int | None, resume: bool
-) -> TrainConfig:
-    """The config of this call; refuses a used folder without ``resume``."""
-    if resume and not folder.checkpoint_path.exists():
-        raise ValueError(f"resume=True: {folder.checkpoint_path} does not exist")
-    if not resume and folder.holds_model():
+) -> tuple[TrainConfig, bool]:
+    """The config of this call, and whether it continues from a checkpoint.
+
+    An unfinished run (status ``training``) continues from its checkpoint, or restarts
+    when it has none (killed before the first epoch ended). A trained model continues
+    only with ``resume``.
+    """
+    status = folder.status
+    if status == "trained" and not resume:
         raise ValueError(
-            f"model_dir={str(folder.path)!r} already holds a model; "
-            "pass resume=True or another model_dir"
+            f"model_dir={str(folder.path)!r} already holds a trained model; "
+            "resume=True trains it further, or choose another model_dir"
         )
+    if resume and status is None:
+        raise ValueError(f"resume=True: {folder.path} holds no model to resume")
+    resume = folder.checkpoint_path.exists() and status is not None
     if config is None:
-        # Resuming without a config continues with the one the model was started with.
-        config = folder.info.train if resume and folder.holds_model() else TrainConfig()
+        # Continuing without a config goes on with the one the model was started with.
+        config = folder.info.train if resume else TrainConfig()
     if epochs is not None:
         config = config.model_copy(update={"epochs": int(epochs)})
-    return config
+    return config, resume
+
+
+def _check_same_run(folder: ModelFolder, store: SimulationStore, config: TrainConfig) -> None:
+    """Refuse to continue a run on another store or with other settings, naming them."""
+    info = folder.info
+    if info.raw.get("store_fingerprint") != store.fingerprint:
+        raise ValueError(
+            f"resume=True: {folder.path} was trained on store {info.raw.get('store')!r} "
+            f"(fingerprint {info.raw.get('store_fingerprint')}), not on {store.path} "
+            f"(fingerprint {store.fingerprint}); continue on that store or train a new model"
+        )
+    # More epochs may be asked for; everything else must be as the run started.
+    started = info.train.model_dump(mode="json")
+    given = config.model_copy(update={"epochs": info.train.epochs}).model_dump(mode="json")
+    differences = config_differences(started, given, "config", ("model", "call"))
+    if differences:
+        raise ValueError(
+            f"resume=True: settings differ from the run in {folder.path}: "
+            + "; ".join(differences)
+            + "; train a new model to change them"
+        )
 
 
 def _prepare(
-    store_path, folder: ModelFolder, config: TrainConfig, device: str, resume: bool, max_chunks
+    store: SimulationStore,
+    chunks: np.ndarray,
+    folder: ModelFolder,
+    config: TrainConfig,
+    device: str,
+    resume: bool,
+    max_chunks: int | None,
 ) -> tuple[_Run, TrainState]:
-    """Open the store, split it, build the estimator and optimiser; restore a checkpoint."""
+    """Split the store, build the estimator and optimiser; restore a checkpoint."""
     torch_device = resolve_device(device)
-    store = SimulationStore.open(store_path)
-    train_chunks, val_chunks = split_chunks(store, config.validation_fraction, config.seed)
+    train_chunks, val_chunks = split_chunks(store, config.validation_fraction, config.seed, chunks)
     if max_chunks is not None:
         train_chunks = train_chunks[:max_chunks]
     norm_theta, norm_x = normalisation_batch(store, train_chunks, _NORMALISATION_LENSES)
@@ -215,8 +273,16 @@ def _prepare(
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainState.from_checkpoint(checkpoint)
-    folder.write_info(store, config, status="training")
+    folder.write_info(store, config, status="training", extra=_chunk_record(run))
     return run, state
+
+
+def _chunk_record(run: _Run) -> dict:
+    """Which chunks of the store the model learnt from and was validated on."""
+    return {
+        "train_chunks": [int(k) for k in run.train_chunks],
+        "validation_chunks": [int(k) for k in run.val_chunks],
+    }
 
 
 def _optimizer(estimator: torch.nn.Module, config: TrainConfig, steps_per_epoch: int):
@@ -276,7 +342,7 @@ def _train_epoch(run: _Run, epoch: int) -> float:
 
 
 @torch.no_grad()
-def _validate_epoch(run: _Run) -> float:
+def _validate_epoch(run: _Run, epoch: int) -> float:
     """Mean loss per lens on the validation chunks, in order, without augmentation."""
     run.estimator.eval()
     total, count = 0.0, 0
@@ -290,7 +356,26 @@ def _validate_epoch(run: _Run) -> float:
         )
         total += float(loss.sum())
         count += len(theta)
+    if not math.isfinite(total):
+        raise NonFiniteLossError(
+            f"non-finite validation loss at epoch {epoch} on chunk "
+            f"{_non_finite_chunk(run)} of {run.store.path}; the model folder keeps the last "
+            "finished epoch (continue with the same call after fixing the cause)"
+        )
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def _non_finite_chunk(run: _Run) -> int | str:
+    """The first validation chunk whose loss is not finite (the error path only)."""
+    for k in run.val_chunks:
+        theta, x = run.store.read_chunk(int(k))
+        loss = run.estimator.loss(
+            torch.as_tensor(theta, device=run.device), torch.as_tensor(x, device=run.device)
+        )
+        if not bool(torch.isfinite(loss).all()):
+            return int(k)
+    return "unknown"
 
 
 def _summarize_epoch(
@@ -342,7 +427,7 @@ def _finish(run: _Run, state: TrainState) -> TrainResult:
             "best_val_loss": state.best_val,
             "num_train_chunks": int(len(run.train_chunks)),
             "num_val_chunks": int(len(run.val_chunks)),
-            "validation_chunks": [int(k) for k in run.val_chunks],
+            **_chunk_record(run),
         },
     )
     if state.history:

@@ -5,6 +5,7 @@ status 2, no traceback. Sections: configs, store damage and repair, store creati
 concurrent writers, command line. Append training / diagnose / infer cases at the end.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -14,11 +15,14 @@ import time
 
 import pytest
 import zarr
+from conftest import write_ring_store
 
 from sbi_lens.cli import main
-from sbi_lens.config import ConfigError, load_config
+from sbi_lens.config import ConfigError, TrainConfig, load_config
+from sbi_lens.inference import run_inference
 from sbi_lens.parallel import run_simulation
 from sbi_lens.store import SimulationStore, StoreError
+from sbi_lens.training import train
 
 TINY = """
 name: tiny
@@ -277,7 +281,301 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 
 # ====================================================================== training
-# (cases for `sbi-lens train` go here)
+SMALL_TRAIN = TrainConfig(
+    epochs=2,
+    batch_size=64,
+    flow={"hidden_features": 16, "num_blocks": 2},
+    embedding={"widths": [8], "out_features": 8},
+)
+
+
+@pytest.fixture(scope="module")
+def rings(tmp_path_factory):
+    """Two small ring stores (seeds 0 and 1) and a model trained on the first."""
+    root = tmp_path_factory.mktemp("rings")
+    train_store = write_ring_store(root / "train.zarr", num=192, chunk_size=32, size=32)
+    held_out = write_ring_store(root / "test.zarr", num=64, chunk_size=32, size=32, seed=1)
+    model = root / "model"
+    train(train_store.path, model, SMALL_TRAIN, device="cpu", progress=False)
+    return train_store, held_out, model
+
+
+def _train_args(store, out, *extra):
+    return ["train", str(store), "--out", str(out), "--device", "cpu", "--quiet", *extra]
+
+
+def _interrupt_at_epoch(monkeypatch, stop_epoch):
+    """Make training raise KeyboardInterrupt when it starts epoch ``stop_epoch`` (a kill)."""
+    from sbi_lens import training
+
+    original = training._train_epoch
+
+    def interrupted(run, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return original(run, epoch)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
+
+
+def test_train_refuses_a_store_with_a_missing_chunk(rings, tmp_path, capsys):
+    damaged = shutil.copytree(rings[0].path, tmp_path / "d.zarr")
+    _delete_chunk(damaged, "x", 2)
+    assert main(_train_args(damaged, tmp_path / "m")) == 2
+    assert "chunk 2 missing" in _one_line_error(capsys)
+    assert not (tmp_path / "m").exists(), "nothing is created for a refused store"
+
+
+def test_train_on_an_unfinished_store_needs_allow_partial(rings, tmp_path, capsys):
+    partial = shutil.copytree(rings[0].path, tmp_path / "p.zarr")
+    zarr.open_group(str(partial), mode="r+")["chunk_done"][5] = 0  # still being written
+    assert main(_train_args(partial, tmp_path / "m", "--epochs", "1")) == 2
+    assert "chunk 5 unfinished" in _one_line_error(capsys)
+    assert main(_train_args(partial, tmp_path / "m", "--epochs", "1", "--allow-partial")) == 0
+    used = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert 5 not in used["train_chunks"] + used["validation_chunks"]
+
+
+def test_resume_on_another_store_is_refused_naming_it(rings, tmp_path, capsys):
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    assert main(_train_args(rings[1].path, model, "--resume", "--epochs", "3")) == 2
+    assert "was trained on store" in _one_line_error(capsys)
+
+
+def test_resume_with_another_architecture_names_the_setting(rings, tmp_path, capsys):
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    config = tmp_path / "wide.yaml"
+    config.write_text("epochs: 3\nbatch_size: 64\nflow: {hidden_features: 32, num_blocks: 2}\n"
+                      "embedding: {widths: [8], out_features: 8}\n")  # fmt: skip
+    assert main(_train_args(rings[0].path, model, "--resume", "--config", str(config))) == 2
+    assert "config.flow.hidden_features: model has 16, call has 32" in _one_line_error(capsys)
+
+
+def test_model_json_records_the_store_and_its_chunks(rings):
+    train_store, _, model = rings
+    info = json.loads((model / "model.json").read_text())
+    assert info["store_fingerprint"] == train_store.fingerprint
+    chunks = sorted(info["train_chunks"] + info["validation_chunks"])
+    assert chunks == list(range(train_store.num_chunks)) and info["status"] == "trained"
+
+
+def test_a_users_folder_is_never_overwritten_by_train(rings, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "history.csv").write_text("my own history")
+    assert main(_train_args(rings[0].path, folder)) == 2
+    assert "is not empty and was not made by sbi-lens" in _one_line_error(capsys)
+    assert (folder / "history.csv").read_text() == "my own history"
+
+
+def test_a_second_train_into_the_same_folder_is_refused(rings, tmp_path, capsys):
+    from sbi_lens.output_folder import LOCK_NAME
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text(str(os.getpid()))  # a live run holds the folder
+    assert main(_train_args(rings[0].path, folder)) == 2
+    assert "being written by another sbi-lens run" in _one_line_error(capsys)
+
+
+def test_training_into_a_trained_model_is_refused(rings, tmp_path, capsys):
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    assert main(_train_args(rings[0].path, model)) == 2
+    assert "already holds a trained model; --resume trains it further" in _one_line_error(capsys)
+
+
+def test_kill_in_epoch_0_then_the_same_command_restarts(rings, tmp_path, monkeypatch, capsys):
+    model = tmp_path / "m"
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 0)
+        assert main(_train_args(rings[0].path, model, "--epochs", "1")) == 130
+    assert not (model / "checkpoint.pt").exists()
+    assert main(_train_args(rings[0].path, model, "--epochs", "1")) == 0
+    assert json.loads((model / "model.json").read_text())["status"] == "trained"
+    model_b = tmp_path / "b"
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 0)
+        main(_train_args(rings[0].path, model_b, "--epochs", "1"))
+    assert main(_train_args(rings[0].path, model_b, "--epochs", "1", "--resume")) == 0
+
+
+def test_kill_in_a_later_epoch_continues_with_the_same_command(rings, tmp_path, monkeypatch):
+    """Re-running the interrupted command continues exactly where the run stopped."""
+    import torch
+
+    model, uninterrupted = tmp_path / "m", tmp_path / "u"
+    args = ("--epochs", "2")
+    assert main(_train_args(rings[0].path, uninterrupted, *args)) == 0
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 1)
+        assert main(_train_args(rings[0].path, model, *args)) == 130
+    assert main(_train_args(rings[0].path, model, *args)) == 0
+    continued = torch.load(model / "checkpoint.pt", weights_only=True)["model"]
+    reference = torch.load(uninterrupted / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(continued[k], reference[k]) for k in reference)
+
+
+def test_non_finite_validation_loss_names_the_chunk_and_stays_resumable(
+    rings, tmp_path, monkeypatch, capsys
+):
+    from sbi_lens.nn.flow import SplineFlow
+
+    original = SplineFlow.loss
+
+    def inf_when_validating(self, theta, x, **kwargs):
+        loss = original(self, theta, x, **kwargs)
+        return loss if self.training else loss + float("inf")
+
+    model = tmp_path / "m"
+    with monkeypatch.context() as patch:
+        patch.setattr(SplineFlow, "loss", inf_when_validating)
+        assert main(_train_args(rings[0].path, model, "--epochs", "1")) == 2
+    error = _one_line_error(capsys)
+    assert "non-finite validation loss at epoch 0 on chunk" in error
+    assert json.loads((model / "model.json").read_text())["status"] == "training"
+    assert main(_train_args(rings[0].path, model, "--epochs", "1")) == 0
+
+
+def test_non_finite_training_loss_is_one_line(rings, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(
+        "sbi_lens.training.augment_dihedral", lambda x, generator: torch.full_like(x, float("nan"))
+    )
+    assert main(_train_args(rings[0].path, tmp_path / "m")) == 2
+    assert "non-finite training loss at epoch 0" in _one_line_error(capsys)
+
+
+def test_yaml_syntax_error_in_a_train_config_is_one_line(rings, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: [1,\n")
+    assert main(_train_args(rings[0].path, tmp_path / "m", "--config", str(config))) == 2
+    assert "bad.yaml: not valid YAML" in _one_line_error(capsys)
+
+
+def test_a_directory_as_train_config_is_one_line(rings, tmp_path, capsys):
+    assert main(_train_args(rings[0].path, tmp_path / "m", "--config", str(tmp_path))) == 2
+    assert "is a directory, expected a YAML file" in _one_line_error(capsys)
+
+
+def test_truncated_checkpoint_is_one_line(rings, tmp_path, capsys):
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    checkpoint = model / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    assert main(_train_args(rings[0].path, model, "--resume", "--epochs", "3")) == 2
+    assert "checkpoint.pt: damaged or truncated" in _one_line_error(capsys)
+
+
+def test_a_foreign_pickle_is_refused_not_run(rings, tmp_path, capsys):
+    import pickle
+
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    (model / "weights.pt").write_bytes(pickle.dumps(Exception("not tensors")))
+    assert main(["diagnose", str(model), rings[1].path, "--out", str(tmp_path / "r")]) == 2
+    error = _one_line_error(capsys)
+    assert "weights.pt: not written by sbi-lens" in error and "weights_only" not in error
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text[: len(text) // 2], "model.json: not readable JSON"),
+        (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "bands"}),
+         "model.json: missing key(s) ['bands']"),
+    ],
+)  # fmt: skip
+def test_damaged_model_json_is_one_line_naming_the_file(rings, tmp_path, capsys, damage, message):
+    model = shutil.copytree(rings[2], tmp_path / "model")
+    info = model / "model.json"
+    info.write_text(damage(info.read_text()))
+    assert main(["diagnose", str(model), rings[1].path, "--out", str(tmp_path / "r")]) == 2
+    assert message in _one_line_error(capsys)
+
 
 # ====================================================================== diagnose and infer
-# (cases for `sbi-lens diagnose` and `sbi-lens infer` go here)
+def test_diagnose_recognises_a_copy_of_the_training_store(rings, tmp_path, capsys):
+    copy_of_training = shutil.copytree(rings[0].path, tmp_path / "elsewhere.zarr")
+    assert (
+        main(["diagnose", str(rings[2]), str(copy_of_training), "--out", str(tmp_path / "r")]) == 2
+    )
+    assert "holds the lenses the model was trained on" in _one_line_error(capsys)
+
+
+def test_diagnose_never_overwrites_a_users_report(rings, tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "report.md").write_text("my notes")
+    assert main(["diagnose", str(rings[2]), rings[1].path, "--out", str(folder)]) == 2
+    assert "--out" in _one_line_error(capsys)
+    assert (folder / "report.md").read_text() == "my notes"
+
+
+def test_infer_refuses_a_multi_extension_file_without_extension(rings, tmp_path, capsys):
+    import numpy as np
+    from astropy.io import fits
+
+    image = rings[1].read_chunk(0)[1][0]
+    header = fits.Header({"BAND1": "g", "BAND2": "r", "BAND3": "i", "PIXSCALE": 0.2})
+    path = tmp_path / "mef.fits"
+    science = fits.ImageHDU(image, header, name="SCI")
+    variance = fits.ImageHDU(np.ones_like(image), header, name="VAR")
+    fits.HDUList([fits.PrimaryHDU(), science, variance]).writeto(path)
+    argv = ["infer", str(rings[2]), str(path), "--num-samples", "10", "--no-corner"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "2 image extensions ['SCI', 'VAR']; choose one with --extension NAME" in (
+        _one_line_error(capsys)
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--extension", "SCI"]) == 0
+
+
+def _cutout(store, folder):
+    """A held-out simulated lens as a FITS cube, as a user would give it to infer."""
+    from sbi_lens.fits_writer import write_cutout
+
+    (path,) = write_cutout(folder / "lens.fits", store.read_chunk(0)[1][0], "gri", 0.2)
+    return path
+
+
+def test_infer_refuses_cutouts_in_other_units(rings, tmp_path, capsys):
+    """×1000 flux units (or another depth) show in the pixel noise: refused by default."""
+    from astropy.io import fits
+
+    from sbi_lens.inference import InputMismatchWarning
+
+    model, files = rings[2], [_cutout(rings[1], tmp_path)]
+    scaled = tmp_path / "scaled.fits"
+    with fits.open(files[0]) as hdul:
+        fits.PrimaryHDU(hdul[0].data * 1000.0, header=hdul[0].header).writeto(scaled)
+    with pytest.raises(
+        ValueError, match=r"scaled.fits: band g pixel noise is [0-9]{3,4}× the training"
+    ):
+        run_inference(model, [scaled], tmp_path / "a", num_samples=10, echo=None)
+    assert not (tmp_path / "a").exists()
+    with pytest.warns(InputMismatchWarning, match="band g pixel noise"):
+        run_inference(
+            model, [scaled], tmp_path / "b", num_samples=10, corner=False, echo=None,
+            noise_mismatch="warn",
+        )  # fmt: skip
+    argv = ["infer", str(model), str(scaled), "--num-samples", "10", "--no-corner"]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "--allow-noise-mismatch runs it anyway" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "d"), "--allow-noise-mismatch"]) == 0
+    assert "sbi-lens: warning: " in capsys.readouterr().err
+
+
+def test_infer_output_names_are_unique_per_input_path(rings, tmp_path):
+    """Two inputs called lens.fits in different folders keep both their samples."""
+    from astropy.io import fits
+
+    model, files = rings[2], [_cutout(rings[1], tmp_path)]
+    copies = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        copies.append(tmp_path / folder / "lens.fits")
+        with fits.open(files[0]) as hdul:
+            hdul.writeto(copies[-1])
+    summaries = run_inference(model, copies, tmp_path / "out", num_samples=10, corner=False,
+                              echo=None)  # fmt: skip
+    assert [s.cutout.name for s in summaries] == ["a_lens", "b_lens"]
+    assert (tmp_path / "out" / "a_lens_samples.npz").exists()
+    assert (tmp_path / "out" / "b_lens_samples.npz").exists()

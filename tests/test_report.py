@@ -65,7 +65,7 @@ def test_diagnose_writes_the_report(model_and_stores, capsys):
 def test_diagnose_refuses_training_store_and_mismatched_store(model_and_stores, tmp_path, capsys):
     model, train_store, _, _ = model_and_stores
     assert main(["diagnose", str(model), train_store.path, "--out", str(tmp_path / "r")]) == 2
-    assert "store the model was trained on" in capsys.readouterr().err
+    assert "holds the lenses the model was trained on" in capsys.readouterr().err
     other = write_ring_store(tmp_path / "big.zarr", num=64, chunk_size=64, size=40, seed=3)
     assert main(["diagnose", str(model), other.path, "--out", str(tmp_path / "r")]) == 2
     error = capsys.readouterr().err

@@ -121,7 +121,7 @@ def test_cli_train_and_errors(ring_store, tmp_path, capsys):
         )
         == 2
     )
-    assert "already holds a model" in capsys.readouterr().err
+    assert "already holds a trained model; --resume trains it further" in capsys.readouterr().err
     config.write_text("epochs: 1\nlearning_rat: 0.1\n")
     assert (
         main(["train", ring_store.path, "--out", str(tmp_path / "n"), "--config", str(config)]) == 2
@@ -198,9 +198,9 @@ def test_train_state_checkpoint_round_trip(trained, tmp_path):
 
 
 def test_train_errors_name_arguments(ring_store, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"^resume=True: .*checkpoint.pt does not exist$"):
+    with pytest.raises(ValueError, match=r"^resume=True: .*none holds no model to resume$"):
         train(ring_store.path, tmp_path / "none", SMALL, device="cpu", resume=True)
-    with pytest.raises(ValueError, match=r"^device must be 'auto', 'cpu' or 'cuda', got 'tpu'$"):
+    with pytest.raises(ValueError, match=r"^device='tpu': expected 'auto', 'cpu' or 'cuda'$"):
         train(ring_store.path, tmp_path / "tpu", SMALL, device="tpu", progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device='cuda': no CUDA device is available"):
