@@ -10,19 +10,24 @@ __version__ = "0.1.0"
 
 from sbi_lens.parameters import PARAMETER_LABELS, PARAMETER_NAMES, PARAMETERS, Parameter
 
+# name → "module" (the attribute of the same name) or "module:attribute".
 _PUBLIC = {
     "DiagnosticsReport": "sbi_lens.diagnostics",
     "DistanceTable": "sbi_lens.cosmology",
     "LensPrior": "sbi_lens.priors",
     "LensResNet": "sbi_lens.nn.embedding",
     "LensSimulator": "sbi_lens.simulator",
+    "ModelFolder": "sbi_lens.model_folder",
     "SimulationConfig": "sbi_lens.config",
     "SimulationStore": "sbi_lens.store",
     "SplineFlow": "sbi_lens.nn.flow",
     "TrainConfig": "sbi_lens.config",
+    "diagnose": "sbi_lens.report",
     "einstein_radius": "sbi_lens.cosmology",
+    "infer": "sbi_lens.inference:run_inference",
     "load_config": "sbi_lens.config",
     "load_posterior": "sbi_lens.model_folder",
+    "load_train_config": "sbi_lens.config",
     "register": "sbi_lens.registry",
     "run_diagnostics": "sbi_lens.diagnostics",
     "run_simulation": "sbi_lens.parallel",
@@ -42,7 +47,8 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        value = getattr(import_module(_PUBLIC[name]), name)
+        module, _, attribute = _PUBLIC[name].partition(":")
+        value = getattr(import_module(module), attribute or name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sbi_lens' has no attribute {name!r}")

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 from sbi_lens import __version__
 
+__all__ = ["build_parser", "main"]
+
 
 def _positive_int(text: str) -> int:
     value = int(text)

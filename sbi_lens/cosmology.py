@@ -20,6 +20,16 @@ from astropy import cosmology as astropy_cosmology
 from astropy import units as u
 from astropy.constants import c as speed_of_light
 
+__all__ = [
+    "DEFAULT_COSMOLOGY",
+    "RAD_TO_ARCSEC",
+    "SPEED_OF_LIGHT_KM_S",
+    "DistanceTable",
+    "distance_table",
+    "einstein_radius",
+    "get_cosmology",
+]
+
 SPEED_OF_LIGHT_KM_S = float(speed_of_light.to(u.km / u.s).value)
 RAD_TO_ARCSEC = 180.0 / math.pi * 3600.0
 DEFAULT_COSMOLOGY = "FlatLambdaCDM(H0=70, Om0=0.3)"

@@ -15,6 +15,8 @@ from sbi_lens.config import TrainConfig, load_config
 from sbi_lens.parallel import run_simulation
 from sbi_lens.training import train
 
+__all__ = ["QuickstartResult", "run_quickstart"]
+
 DEFAULT_TRAIN_LENSES = 16_000
 DEFAULT_TEST_LENSES = 1_000
 DEFAULT_EPOCHS = 15

@@ -15,6 +15,8 @@ from sbi_lens.model_folder import ModelFolder, ModelInfo
 from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.store import SimulationStore
 
+__all__ = ["check_store_matches_model", "diagnose"]
+
 
 def check_store_matches_model(store: SimulationStore, info: ModelInfo) -> None:
     """Raise ValueError unless the store's bands, image shape and pixel scale are the model's."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+__all__ = ["builtin_config_names", "builtin_config_path"]
+
 
 def builtin_config_names() -> list[str]:
     """Names of the built-in simulation configs (``quickstart``, ``lsst_gri``, ...)."""

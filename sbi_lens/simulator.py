@@ -27,6 +27,8 @@ from sbi_lens.cosmology import distance_table
 from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
 
+__all__ = ["LENS_MODEL", "LIGHT_MODEL", "LensSimulator", "SimulationOutput"]
+
 LENS_MODEL = ["SIE", "SHEAR"]
 LIGHT_MODEL = ["SERSIC_ELLIPSE"]
 
