@@ -261,7 +261,8 @@ class TemplatePhotometry:
         if not (z_max > 0 and 0 < dlnz < 0.1):
             raise ValueError(f"z_max={z_max}, dlnz={dlnz}: expected z_max > 0, 0 < dlnz < 0.1")
         grid = np.array([0.0] if dust_grid is None else dust_grid, dtype=float)
-        if grid[0] != 0.0 or np.any(np.diff(grid) <= 0) or (dust_grid is not None and grid.size < 2):
+        too_short = dust_grid is not None and grid.size < 2
+        if grid[0] != 0.0 or np.any(np.diff(grid) <= 0) or too_short:
             raise ValueError(f"dust_grid={list(grid)}: expected increasing A_V from 0")
         self.dust_grid = None if dust_grid is None else grid
         self._dlnz = float(dlnz)
