@@ -21,7 +21,13 @@ from pydantic import (
 )
 
 from sbi_lens.cosmology import DEFAULT_COSMOLOGY, get_cosmology
-from sbi_lens.surveys import SURVEYS, band_settings, band_wavelengths, common_pixel_scale
+from sbi_lens.surveys import (
+    SURVEYS,
+    band_filters,
+    band_settings,
+    band_wavelengths,
+    common_pixel_scale,
+)
 
 __all__ = [
     "ConfigError",
@@ -205,6 +211,7 @@ class SurveyConfig(_Strict):
             raise ValueError("bands must name at least one band")
         table = SURVEYS[self.name]
         band_wavelengths(self.name, self.bands)  # unknown bands, named
+        band_filters(self.name, self.bands)  # every band has a filter curve (photometry)
         if len(set(self.bands)) != len(self.bands):
             raise ValueError(f"bands must be distinct, got {list(self.bands)}")
         if self.survey_mode is not None and self.survey_mode not in table.survey_modes:

@@ -3,8 +3,9 @@
 Exposure time, number of exposures, sky brightness, zero point, seeing, read noise,
 gain and pixel scale are read from ``lenstronomy.SimulationAPI.ObservationConfig``
 (never copied by hand), so they follow lenstronomy's updates. The only numbers kept
-here are the filters' effective wavelengths, which ObservationConfig does not carry
-and which the colour models of :mod:`sbi_lens.population` need.
+here are the filters' effective wavelengths, which ObservationConfig does not carry,
+and the names of the filters' transmission curves, which ship with ``speclite`` and
+``astro-sedpy`` (see :func:`sbi_lens.photometry.load_bandpass`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 __all__ = [
     "SURVEYS",
     "SurveyTable",
     "band_settings",
+    "band_filters",
     "band_wavelengths",
     "common_pixel_scale",
 ]
@@ -34,12 +36,20 @@ class SurveyTable:
         default_coadd_years: depth used when a config leaves ``coadd_years`` out
             (None: lenstronomy's own default).
         survey_modes: allowed ``survey_mode`` values (Roman only; the first is the default).
+        filters: band name → transmission-curve identifier for
+            :func:`sbi_lens.photometry.load_bandpass` (``speclite:<name>`` or
+            ``sedpy:<name>``); a band left out has no photometry.
     """
 
     bands: MappingProxyType
     has_coadd_depth: bool = True
     default_coadd_years: int | None = None
     survey_modes: tuple[str, ...] = ()
+    filters: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _curves(prefix: str, names: dict) -> MappingProxyType:
+    return MappingProxyType({band: f"{prefix}{name}" for band, name in names.items()})
 
 
 # Bands that lenstronomy's ObservationConfig supports with a Gaussian PSF (HST's
@@ -49,6 +59,11 @@ class SurveyTable:
 # (SPIE 9904) and Euclid Collaboration: Schirmer et al. 2022 (A&A 662, A92), mid-points
 # of the passbands; HST WFC3/IR F160W — STScI WFC3 instrument handbook (pivot); Roman
 # WFI — the Roman WFI technical page (centres).
+# Filter curves: LSST — speclite lsst2023-* (LSST throughputs 1.9, with atmosphere);
+# DES — speclite decamDR1-* (the DES DR1 standard bandpasses of Abbott et al. 2018, the
+# paper the wavelengths come from; speclite's decam2014-* are the earlier DECam
+# curves); Euclid — speclite Euclid-* (VIS and NISP Y, J, H); HST WFC3/IR F160W and
+# Roman WFI — astro-sedpy's wfc3_ir_f160w and roman_wfi_f*.
 SURVEYS: MappingProxyType = MappingProxyType(
     {
         "LSST": SurveyTable(
@@ -56,15 +71,20 @@ SURVEYS: MappingProxyType = MappingProxyType(
                 {"u": 367.0, "g": 482.0, "r": 622.0, "i": 755.0, "z": 869.0, "y": 971.0}
             ),
             default_coadd_years=10,
+            filters=_curves("speclite:lsst2023-", {b: b for b in "ugrizy"}),
         ),
         "DES": SurveyTable(
-            MappingProxyType({"g": 473.0, "r": 642.0, "i": 784.0, "z": 926.0, "Y": 1009.0})
+            MappingProxyType({"g": 473.0, "r": 642.0, "i": 784.0, "z": 926.0, "Y": 1009.0}),
+            filters=_curves("speclite:decamDR1-", {b: b for b in "grizY"}),
         ),
         "Euclid": SurveyTable(
-            MappingProxyType({"VIS": 715.0, "Y": 1081.0, "J": 1367.0, "H": 1771.0})
+            MappingProxyType({"VIS": 715.0, "Y": 1081.0, "J": 1367.0, "H": 1771.0}),
+            filters=_curves("speclite:Euclid-", {b: b for b in ("VIS", "Y", "J", "H")}),
         ),
         "HST": SurveyTable(
-            MappingProxyType({"F160W": 1537.0, "WFC3_F160W": 1537.0}), has_coadd_depth=False
+            MappingProxyType({"F160W": 1537.0, "WFC3_F160W": 1537.0}),
+            has_coadd_depth=False,
+            filters=_curves("sedpy:", {"F160W": "wfc3_ir_f160w", "WFC3_F160W": "wfc3_ir_f160w"}),
         ),
         "Roman": SurveyTable(
             MappingProxyType(
@@ -80,6 +100,10 @@ SURVEYS: MappingProxyType = MappingProxyType(
             ),
             has_coadd_depth=False,
             survey_modes=("wide_area", "time_domain_wide", "time_domain_deep", "microlensing"),
+            filters=_curves(
+                "sedpy:roman_wfi_",
+                {b: b.lower() for b in ("F062", "F087", "F106", "F129", "F146", "F158", "F184")},
+            ),
         ),
     }
 )
@@ -190,6 +214,20 @@ def band_wavelengths(name: str, bands: Sequence[str]) -> tuple[float, ...]:
             f"unknown band(s) {unknown} for survey {name}; expected some of {list(table)}"
         )
     return tuple(table[band] for band in bands)
+
+
+def band_filters(name: str, bands: Sequence[str]) -> tuple[str, ...]:
+    """Filter-curve identifier of each band of survey ``name``, in band order.
+
+    Raises:
+        ValueError: a band is unknown or has no filter curve.
+    """
+    band_wavelengths(name, bands)  # unknown bands, named
+    curves = _table(name).filters
+    missing = [band for band in bands if band not in curves]
+    if missing:
+        raise ValueError(f"survey {name}: no filter curve for band(s) {missing}")
+    return tuple(curves[band] for band in bands)
 
 
 def common_pixel_scale(settings: Sequence[dict], bands: Sequence[str]) -> float:
