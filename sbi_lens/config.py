@@ -251,47 +251,59 @@ class SurveyConfig(_Strict):
 class PopulationConfig(_Strict):
     """Scatter and ranges of the nuisance population (relations in docs/physics.md).
 
-    Magnitudes are AB; sizes are in kpc before conversion to arcsec.
+    Magnitudes are AB; sizes in kpc before conversion to arcsec; A_V in magnitudes.
 
     Attributes:
         lens_ellipticity_std: std of each lenstronomy ellipticity component e1, e2 of the
-            lens mass (light is aligned with mass).
+            lens mass.
         shear_std: std of each external-shear component.
         lens_centre_std: std of the lens centre around the cutout centre [arcsec].
-        faber_jackson_m200: mean rest-frame r absolute magnitude at σ_v = 200 km/s, z = 0.
-        faber_jackson_slope: γ in L ∝ σ_v^γ.
-        faber_jackson_scatter: rms of M_r at fixed σ_v [mag].
-        lens_evolution: passive brightening dM_r/dz [mag per unit redshift].
-        lens_size_slope, lens_size_zero_point: Shen+03 early-type size–luminosity
-            log10 R_e[kpc] = -0.4 a M_r + b.
-        size_scatter_dex: rms of log10 R_e of the lens at fixed luminosity [dex].
-        lens_sersic_index: Sérsic index of the lens light.
-        source_lf_alpha: faint-end slope of the source UV Schechter luminosity function.
-        source_mag_range: drawn M_UV − M*(z) range [mag] (bright, faint).
+        lens_evolution: passive brightening of the lens dM_r/dz [mag per unit redshift].
+        lens_size_evolution: exponent of (1+z) in the lens size at fixed σ_v and
+            luminosity (van der Wel et al. 2008: −0.98).
+        lens_sersic_median, lens_sersic_scatter_dex: Sérsic index of the lens light.
+        light_misalignment_deg: rms of the light–mass position-angle difference
+            (Koopmans et al. 2006: ≈10°).
+        light_axis_ratio_scatter: rms of q_light / q_mass (Koopmans et al. 2006: 0.11).
+        lens_sed_concentration: κ scaling the Dirichlet α of Herbel et al.'s red model:
+            massive early types form a tighter sequence than all red galaxies.
+        lens_colour_sigma_slope: rest-frame g−r reddening per dex of σ_v (colour–σ
+            relation, Bernardi et al. 2005), applied as an effective attenuation.
+        lens_colour_sigma_pivot: σ_v [km/s] with no colour–σ reddening.
+        lens_dusty_fraction, lens_dusty_av: share of dusty early types and the range of
+            their A_V [mag].
+        lens_young_fraction, lens_young_mass_share: share of early types with a young
+            (blue-galaxy) component, and that component's stellar-mass share.
+        source_mag_range: drawn M_UV − M*(z) range [mag] (bright, faint); the lens-search
+            selection, not this range, keeps only detectable sources.
         source_size_scatter_dex: rms of log10 R_e of the source [dex].
         source_sersic_index: Sérsic index of the source light.
         source_ellipticity_std: std of each source ellipticity component.
-        source_uv_slope: mean and std of the source UV slope β (f_λ ∝ λ^β).
+        source_dust_av_mean: mean A_V of the exponential distribution of source dust.
         source_max_offset: largest source-plane offset from the lens centre, in units of θ_E.
     """
 
     lens_ellipticity_std: float = Field(0.1, ge=0, le=0.3)
     shear_std: float = Field(0.03, ge=0, le=0.2)
     lens_centre_std: float = Field(0.05, ge=0)
-    faber_jackson_m200: float = -21.3
-    faber_jackson_slope: float = Field(4.0, gt=0)
-    faber_jackson_scatter: float = Field(0.4, ge=0)
-    lens_evolution: float = Field(1.2, ge=0)
-    lens_size_slope: float = Field(0.65, gt=0)
-    lens_size_zero_point: float = -5.06
-    size_scatter_dex: float = Field(0.12, ge=0)
-    lens_sersic_index: float = Field(4.0, ge=0.5, le=8)
-    source_lf_alpha: float = Field(-1.73, lt=0, gt=-3)
+    lens_evolution: float = Field(1.2, ge=0, le=3)
+    lens_size_evolution: float = Field(-0.98, ge=-3, le=1)
+    lens_sersic_median: float = Field(4.0, ge=1, le=8)
+    lens_sersic_scatter_dex: float = Field(0.1, ge=0, le=0.5)
+    light_misalignment_deg: float = Field(10.0, ge=0, le=90)
+    light_axis_ratio_scatter: float = Field(0.11, ge=0, le=0.5)
+    lens_sed_concentration: float = Field(6.0, gt=0, le=1000)
+    lens_colour_sigma_slope: float = Field(0.26, ge=0, le=1)
+    lens_colour_sigma_pivot: float = Field(180.0, gt=0)
+    lens_dusty_fraction: float = Field(0.10, ge=0, le=1)
+    lens_dusty_av: tuple[float, float] = (0.2, 1.0)
+    lens_young_fraction: float = Field(0.05, ge=0, le=1)
+    lens_young_mass_share: float = Field(0.05, ge=0, le=1)
     source_mag_range: tuple[float, float] = (-2.0, 2.0)
     source_size_scatter_dex: float = Field(0.2, ge=0)
     source_sersic_index: float = Field(1.0, ge=0.5, le=8)
     source_ellipticity_std: float = Field(0.15, ge=0, le=0.3)
-    source_uv_slope: tuple[float, float] = (-1.8, 0.3)
+    source_dust_av_mean: float = Field(0.4, ge=0, le=2)
     source_max_offset: float = Field(0.6, gt=0, le=1.0)
 
     @model_validator(mode="after")
@@ -302,8 +314,11 @@ class PopulationConfig(_Strict):
                 "source_mag_range must be (bright, faint) with bright < faint, "
                 f"got {bright}, {faint}"
             )
-        if self.source_uv_slope[1] < 0:
-            raise ValueError("source_uv_slope std must be ≥ 0")
+        low, high = self.lens_dusty_av
+        if not 0 <= low <= high <= 3:
+            raise ValueError(f"lens_dusty_av must satisfy 0 ≤ low ≤ high ≤ 3, got {low}, {high}")
+        if self.lens_dusty_fraction + self.lens_young_fraction > 1:
+            raise ValueError("lens_dusty_fraction + lens_young_fraction must be ≤ 1")
         return self
 
 

@@ -377,9 +377,10 @@ def cached_photometry(
     reference: str,
     igm: bool = False,
     dust_grid: tuple[float, ...] | None = None,
+    z_max: float = 6.0,
 ) -> TemplatePhotometry:
     """A :class:`TemplatePhotometry` built once per process for these arguments."""
-    return TemplatePhotometry(filters, reference, igm=igm, dust_grid=dust_grid)
+    return TemplatePhotometry(filters, reference, igm=igm, dust_grid=dust_grid, z_max=z_max)
 
 
 # ------------------------------------------------------------------ coefficient models
@@ -413,9 +414,15 @@ class DirichletSEDModel:
         t = np.asarray(redshift, dtype=float)[..., None] / self.z1
         return np.power(self.alpha0, 1.0 - t) * np.power(self.alpha1, t)
 
-    def draw(self, redshift: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(N, 5) coefficients c (rows sum to 1) at (N,) redshifts, from ``rng`` only."""
-        y = rng.gamma(self.alpha(redshift)) * np.asarray(self.weight)
+    def draw(
+        self, redshift: np.ndarray, rng: np.random.Generator, concentration: float = 1.0
+    ) -> np.ndarray:
+        """(N, 5) coefficients c (rows sum to 1) at (N,) redshifts, from ``rng`` only.
+
+        ``concentration`` κ scales α: the same mean Dirichlet variable with a variance
+        smaller by about κ (a narrower sub-population, e.g. massive early types).
+        """
+        y = rng.gamma(concentration * self.alpha(redshift)) * np.asarray(self.weight)
         return y / y.sum(axis=-1, keepdims=True)
 
 

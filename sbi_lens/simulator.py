@@ -150,8 +150,14 @@ class LensSimulator:
     # ------------------------------------------------------------------ kwargs
     def draw_nuisance(self, theta, rng: np.random.Generator) -> Population:
         """Nuisance draws for θ (see :func:`sbi_lens.population.draw_population`)."""
+        prior = self.config.prior
         return draw_population(
-            _as_theta(theta), self.config.population, self.config.survey, self._table, rng
+            _as_theta(theta),
+            self.config.population,
+            self.config.survey,
+            self._table,
+            rng,
+            z_max=(prior.z_lens.high, prior.z_source.high),
         )
 
     def _shape_kwargs(self, theta_row: np.ndarray, row: np.ndarray):
@@ -175,9 +181,9 @@ class LensSimulator:
         ]
         kwargs_lens_light = {
             "R_sersic": float(row[col["lens_R_sersic"]]),
-            "n_sersic": float(self.config.population.lens_sersic_index),
-            "e1": e1,
-            "e2": e2,
+            "n_sersic": float(row[col["lens_sersic_n"]]),
+            "e1": float(row[col["lens_light_e1"]]),
+            "e2": float(row[col["lens_light_e2"]]),
             "center_x": centre_x,
             "center_y": centre_y,
         }
