@@ -7,6 +7,9 @@ supersampling 2):
 * ``naive_lenses_per_s_per_core``: per lens, astropy distances, then per band a new
   ``SimAPI`` and ``ImageModel``, ``magnitude2amplitude``, ``image`` and
   ``noise_for_model`` — the same model, grid and noise.
+* ``selected_lenses_per_s_per_core``: stored (kept) lenses/s of the lens-search
+  selection's rejection loop (``simulate_selected``), with its ``acceptance_rate``
+  (kept / prior draws) and ``rendered_per_kept``; ``speedup_vs_naive_after_selection``.
 * ``pool_1_worker`` / ``pool_2_workers``: lenses/s of a multiprocessing pool of
   LensSimulators (one per worker) with 1 and 2 processes.
 
@@ -111,8 +114,8 @@ def pool_rate(config, theta: np.ndarray, workers: int, chunk: int = 50) -> float
 
 
 def store_rate(config, num: int, workers: int) -> float:
-    """Lenses/s of the whole `sbi-lens simulate` path (Dask pool, zarr writes), startup
-    included: what a user sees for a run of ``num`` lenses."""
+    """Stored lenses/s of the whole `sbi-lens simulate` path (selection, Dask pool, zarr
+    writes), startup included: what a user sees for a run of ``num`` lenses."""
     import shutil
     import tempfile
 
@@ -125,6 +128,23 @@ def store_rate(config, num: int, workers: int) -> float:
         return num / (time.perf_counter() - start)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _selected_rate(config, simulator, num: int) -> dict:
+    """Kept lenses/s, acceptance and renders per kept lens of the selection's rejection loop."""
+    from sbi_lens.parallel import chunk_streams
+    from sbi_lens.priors import LensPrior
+    from sbi_lens.selection import simulate_selected
+
+    prior = LensPrior(config.prior)
+    start = time.perf_counter()
+    lenses = simulate_selected(simulator, prior, num, *chunk_streams(1, 0))
+    elapsed = time.perf_counter() - start
+    return {
+        "rate": num / elapsed,
+        "acceptance": lenses.acceptance,
+        "rendered_per_kept": lenses.num_rendered / num,
+    }
 
 
 def main(argv=None) -> int:
@@ -160,6 +180,8 @@ def main(argv=None) -> int:
     fast_images = simulator.render(naive_theta[:3], naive_nuisance[:3])
     agree = float(np.max(np.abs(fast_images - reference)) / np.max(np.abs(reference)))
 
+    selected = _selected_rate(config, simulator, args.num)
+
     pool_theta = np.concatenate([theta[: args.num]] * 2)
     one = pool_rate(config, theta[: args.num], 1)
     two = pool_rate(config, pool_theta, 2)
@@ -175,6 +197,11 @@ def main(argv=None) -> int:
         "simulator_lenses_per_s_per_core": round(fast, 1),
         "naive_lenses_per_s_per_core": round(naive, 2),
         "speedup_vs_naive": round(fast / naive, 1),
+        "selection": config.selection.model_dump(mode="json"),
+        "selected_lenses_per_s_per_core": round(selected["rate"], 1),
+        "acceptance_rate": round(selected["acceptance"], 3),
+        "rendered_per_kept": round(selected["rendered_per_kept"], 3),
+        "speedup_vs_naive_after_selection": round(selected["rate"] / naive, 1),
         "pool_1_worker_lenses_per_s": round(one, 1),
         "pool_2_workers_lenses_per_s": round(two, 1),
         "scaling_2_vs_1": round(two / one, 2),

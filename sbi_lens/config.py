@@ -35,6 +35,7 @@ __all__ = [
     "FlowSettings",
     "PopulationConfig",
     "PriorConfig",
+    "SelectionConfig",
     "SimulationConfig",
     "SurveyConfig",
     "TrainConfig",
@@ -322,14 +323,44 @@ class PopulationConfig(_Strict):
         return self
 
 
+class SelectionConfig(_Strict):
+    """Which simulated lenses a lens search would find (docs/physics.md, "Selection").
+
+    ``collett2015`` keeps a lens only if, on the noise-free lens-subtracted image, the
+    lensed source has signal-to-noise ≥ ``min_arc_snr`` in its best band, the total
+    magnification is ≥ ``min_magnification`` and (``resolved``) the Einstein ring is
+    resolved, θ_E² > r_s² + (s/2)² with s the best band's seeing FWHM (Collett 2015,
+    ApJ 811, 20). ``none`` keeps every draw: the stored θ then follow the prior.
+    """
+
+    kind: Literal["collett2015", "none"] = "collett2015"
+    min_arc_snr: float = Field(20.0, ge=0, le=1000)
+    min_magnification: float = Field(3.0, ge=1, le=100)
+    resolved: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        """True unless ``kind`` is ``none``."""
+        return self.kind != "none"
+
+
 class SimulationConfig(_Strict):
-    """A whole simulation: prior, survey, population and chunking."""
+    """A whole simulation: prior, survey, population, lens-search selection and chunking."""
 
     name: str = "custom"
     prior: PriorConfig = PriorConfig()
     survey: SurveyConfig = SurveyConfig()
     population: PopulationConfig = PopulationConfig()
+    selection: SelectionConfig = SelectionConfig()
     chunk_size: int = Field(256, ge=1, le=65536)
+
+    @field_validator("selection", mode="before")
+    @classmethod
+    def _selection_shorthand(cls, value):
+        # `selection: none` (YAML null or the word) switches the selection off.
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return {"kind": "none"}
+        return value
 
     def to_yaml(self) -> str:
         """The configuration as YAML text (round-trips through :func:`load_config`)."""

@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbi_lens.config import SimulationConfig, parse_config
+from sbi_lens.config import ConfigError, SimulationConfig, parse_config
 from sbi_lens.store import SimulationStore
 from sbi_lens.store_lock import writer_lock
 
 __all__ = [
     "ChunkResult",
+    "check_selection",
     "chunk_streams",
     "open_or_create_store",
+    "pilot_acceptance",
     "run_chunk_task",
     "run_simulation",
     "simulate_chunk",
@@ -71,16 +73,62 @@ def _models(config_yaml: str):
 
 
 def simulate_chunk(config: SimulationConfig, seed: int, index: int, num_rows: int) -> ChunkResult:
-    """Draw θ from the prior and simulate images for chunk ``index`` (pure function)."""
+    """Simulate chunk ``index``: θ from the prior, kept if the lens search would find it.
+
+    Rejected candidates are replaced inside the chunk (:func:`simulate_selected`), so the
+    chunk stays a pure function of (config, seed, index).
+    """
+    from sbi_lens.selection import simulate_selected
+
     prior, simulator = _models(config.to_yaml())
     prior_generator, simulator_rng = chunk_streams(seed, index)
-    theta = prior.sample((num_rows,), generator=prior_generator).cpu().numpy()
-    output = simulator.simulate(theta, seed=simulator_rng)
+    lenses = simulate_selected(simulator, prior, num_rows, prior_generator, simulator_rng)
     return ChunkResult(
-        theta=theta.astype(np.float32),
-        x=np.asarray(output.images, dtype=np.float32),
-        nuisance=np.asarray(output.nuisance, dtype=np.float32),
+        theta=lenses.theta.astype(np.float32),
+        x=np.asarray(lenses.images, dtype=np.float32),
+        nuisance=np.asarray(lenses.nuisance, dtype=np.float32),
     )
+
+
+PILOT_CANDIDATES = 200
+MIN_ACCEPTANCE = 0.01
+
+
+@functools.lru_cache(maxsize=8)
+def pilot_acceptance(config_yaml: str, num: int = PILOT_CANDIDATES, seed: int = 0) -> float:
+    """Fraction of ``num`` prior draws (fixed seed) that pass the config's selection."""
+    prior, simulator = _models(config_yaml)
+    prior_generator, simulator_rng = chunk_streams(seed, 0)
+    theta = prior.sample((num,), generator=prior_generator).cpu().numpy().astype(float)
+    nuisance = simulator.draw_nuisance(theta, simulator_rng).values
+    hopeful = simulator.prefilter(theta, nuisance)
+    if not hopeful.any():
+        return 0.0
+    _, _, keep = simulator.render_selected(theta[hopeful], nuisance[hopeful])
+    return float(keep.sum()) / num
+
+
+def check_selection(config: SimulationConfig) -> float:
+    """Refuse a selection that keeps under 1 % of draws (a pilot of 200), before any write.
+
+    Returns:
+        The pilot acceptance rate.
+
+    Raises:
+        ConfigError: one line naming ``selection``.
+    """
+    if not config.selection.enabled:
+        return 1.0
+    rate = pilot_acceptance(config.to_yaml())
+    if rate < MIN_ACCEPTANCE:
+        raise ConfigError(
+            f"selection: only {rate:.1%} of {PILOT_CANDIDATES} pilot draws pass "
+            f"(min_arc_snr={config.selection.min_arc_snr:g}, "
+            f"min_magnification={config.selection.min_magnification:g}, "
+            f"resolved={config.selection.resolved}); need ≥ {MIN_ACCEPTANCE:.0%}: loosen "
+            "the thresholds, widen the prior, or set selection: none"
+        )
+    return rate
 
 
 def run_chunk_task(store_path: str, index: int) -> int:
@@ -109,6 +157,7 @@ def open_or_create_store(
         store = SimulationStore.open(out, mode="r+")
         store.check_matches(config, seed, num_simulations)
         return store
+    check_selection(config)
     _, simulator = _models(config.to_yaml())
     return SimulationStore.create(
         out,

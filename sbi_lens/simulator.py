@@ -26,8 +26,15 @@ from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
+from sbi_lens.selection import arc_snr, einstein_ring_resolved, passes_selection
 
-__all__ = ["LENS_MODEL", "LIGHT_MODEL", "LensSimulator", "SimulationOutput"]
+__all__ = [
+    "LENS_MODEL",
+    "LIGHT_MODEL",
+    "LensSimulator",
+    "SimulationOutput",
+    "selection_column_names",
+]
 
 LENS_MODEL = ["SIE", "SHEAR"]
 LIGHT_MODEL = ["SERSIC_ELLIPSE"]
@@ -46,6 +53,12 @@ class SimulationOutput:
     images: np.ndarray
     nuisance: np.ndarray
     nuisance_names: tuple[str, ...]
+
+
+def selection_column_names(bands: tuple[str, ...]) -> tuple[str, ...]:
+    """Columns the simulator measures on each image: total magnification, best-band arc
+    signal-to-noise and the lensed source's apparent AB magnitude per band."""
+    return ("magnification", "arc_snr") + tuple(f"source_lensed_mag_{band}" for band in bands)
 
 
 def _as_rng(seed) -> np.random.Generator:
@@ -113,8 +126,11 @@ class LensSimulator:
         self._lens_model = LensModel(list(LENS_MODEL))
         self._light_model = LightModel(list(LIGHT_MODEL))
         self._x, self._y = self._numerics[0].coordinates_evaluate
-        self._nuisance_names = nuisance_names(survey.bands)
+        self._population_names = nuisance_names(survey.bands)
+        self._nuisance_names = self._population_names + selection_column_names(survey.bands)
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
+        self._seeing = np.array([kw["seeing"] for kw in self.kwargs_band], dtype=float)
+        self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
 
     # ------------------------------------------------------------------ properties
     @property
@@ -134,8 +150,14 @@ class LensSimulator:
 
     @property
     def nuisance_names(self) -> tuple[str, ...]:
-        """Names of the nuisance columns of :meth:`simulate`'s output."""
+        """Names of the nuisance columns of :meth:`simulate`'s output (and of a store):
+        the population's draws, then :func:`selection_column_names`."""
         return self._nuisance_names
+
+    @property
+    def population_names(self) -> tuple[str, ...]:
+        """Names of the drawn nuisance columns (the first columns of :attr:`nuisance_names`)."""
+        return self._population_names
 
     @property
     def pixel_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
@@ -243,24 +265,37 @@ class LensSimulator:
         }
 
     # ------------------------------------------------------------------ images
-    def render(self, theta, nuisance) -> np.ndarray:
-        """Noise-free images.
+    def _check_nuisance(self, theta: np.ndarray, nuisance) -> np.ndarray:
+        """(N, k_population) drawn columns; the selection columns, if given, are ignored."""
+        nuisance = np.asarray(nuisance, dtype=float)
+        widths = (len(self._population_names), len(self._nuisance_names))
+        if nuisance.ndim != 2 or len(nuisance) != len(theta) or nuisance.shape[1] not in widths:
+            raise ValueError(
+                f"nuisance must have shape ({len(theta)}, {widths[0]}) or "
+                f"({len(theta)}, {widths[1]}), got {nuisance.shape}"
+            )
+        return nuisance[:, : widths[0]]
+
+    def render_parts(self, theta, nuisance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Noise-free images, their lensed-source part, and the source's magnification.
+
+        Lens and source light are binned and convolved separately (the image is their
+        sum): the source-only (lens-subtracted) image comes at no extra cost.
 
         Args:
             theta: (N, 4) θ.
-            nuisance: (N, k) nuisance values, columns as :attr:`nuisance_names`.
+            nuisance: (N, k) nuisance values, columns as :attr:`population_names`
+                (or :attr:`nuisance_names`; the selection columns are then ignored).
 
         Returns:
-            (N, bands, H, W) float64 [e-/s per pixel].
+            images (N, bands, H, W) and source (N, bands, H, W) float64 [e-/s per pixel];
+            magnification (N,): lensed source flux in the cutout / unlensed flux.
         """
         theta = _as_theta(theta)
-        nuisance = np.asarray(nuisance, dtype=float)
-        if nuisance.shape != (len(theta), len(self._nuisance_names)):
-            raise ValueError(
-                f"nuisance must have shape ({len(theta)}, {len(self._nuisance_names)}), "
-                f"got {nuisance.shape}"
-            )
+        nuisance = self._check_nuisance(theta, nuisance)
         images = np.empty((len(theta), *self.image_shape))
+        sources = np.empty_like(images)
+        magnification = np.empty(len(theta))
         light = self._light_model
         for i in range(len(theta)):
             kwargs_lens, kwargs_lens_light, kwargs_source = self._shape_kwargs(
@@ -270,11 +305,85 @@ class LensSimulator:
             beta_x, beta_y = self._lens_model.ray_shooting(self._x, self._y, kwargs_lens)
             source = light.surface_brightness(beta_x, beta_y, [{"amp": 1.0, **kwargs_source}])
             lens = light.surface_brightness(self._x, self._y, [{"amp": 1.0, **kwargs_lens_light}])
+            unit_flux = light.total_flux([{"amp": 1.0, **kwargs_source}])[0]
+            magnification[i] = source.sum() * self._subpixel_area / unit_flux
             for b, numerics in enumerate(self._numerics):
-                images[i, b] = numerics.re_size_convolve(
-                    source_amp[b] * source + lens_amp[b] * lens
+                sources[i, b] = source_amp[b] * numerics.re_size_convolve(source)
+                images[i, b] = lens_amp[b] * numerics.re_size_convolve(lens) + sources[i, b]
+        return images, sources, magnification
+
+    def render(self, theta, nuisance) -> np.ndarray:
+        """Noise-free images (N, bands, H, W) float64 [e-/s per pixel]; see :meth:`render_parts`."""
+        return self.render_parts(theta, nuisance)[0]
+
+    def selection_columns(self, theta, nuisance, images, sources, magnification):
+        """Selection columns (:func:`selection_column_names`) and whether the best band's
+        ring is resolved.
+
+        Returns:
+            columns (N, 2 + bands) float64 and resolved (N,) bool.
+        """
+        theta = _as_theta(theta)
+        snr = arc_snr(sources, self.noise_rms(images))  # (N, bands)
+        best = np.argmax(snr, axis=1)
+        source_size = np.asarray(nuisance)[:, self._index["source_R_sersic"]]
+        resolved = einstein_ring_resolved(
+            theta_columns(theta).theta_E, source_size, self._seeing[best]
+        )
+        source_mag = np.stack(
+            [np.asarray(nuisance)[:, self._index[f"source_mag_{band}"]] for band in self.bands],
+            axis=1,
+        )
+        with np.errstate(divide="ignore"):
+            lensed_mag = source_mag - 2.5 * np.log10(magnification)[:, None]
+        lensed_mag = np.minimum(np.nan_to_num(lensed_mag, posinf=99.0), 99.0)
+        columns = np.column_stack([magnification, snr[np.arange(len(best)), best], lensed_mag])
+        return columns, resolved
+
+    def render_selected(self, theta, nuisance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Noise-free images, all nuisance columns, and which lenses pass the selection.
+
+        Returns:
+            images (N, bands, H, W), nuisance (N, k) as :attr:`nuisance_names`, keep (N,) bool.
+        """
+        nuisance = self._check_nuisance(_as_theta(theta), nuisance)
+        images, sources, magnification = self.render_parts(theta, nuisance)
+        columns, resolved = self.selection_columns(theta, nuisance, images, sources, magnification)
+        keep = passes_selection(self.config.selection, columns[:, 0], columns[:, 1], resolved)
+        return images, np.concatenate([nuisance, columns], axis=1), keep
+
+    def prefilter(self, theta, nuisance) -> np.ndarray:
+        """(N,) bool: a necessary condition of the selection, without rendering.
+
+        A lens can pass only if its ring is resolved in the sharpest band (when the
+        selection asks for it) and, for a positive S/N threshold, if some band has a
+        pixel where the source exceeds the background rms: lensing conserves surface
+        brightness and binning and the PSF only lower the peak, so no pixel of the
+        source image exceeds its unlensed central surface brightness × pixel area.
+        """
+        theta = _as_theta(theta)
+        nuisance = self._check_nuisance(theta, nuisance)
+        selection = self.config.selection
+        keep = np.ones(len(theta), dtype=bool)
+        if not selection.enabled:
+            return keep
+        if selection.resolved:
+            source_size = nuisance[:, self._index["source_R_sersic"]]
+            keep &= einstein_ring_resolved(
+                theta_columns(theta).theta_E, source_size, self._seeing.min()
+            )
+        if selection.min_arc_snr > 0:
+            background = self.background_rms
+            for i in np.flatnonzero(keep):
+                _, kwargs_lens_light, kwargs_source = self._shape_kwargs(theta[i], nuisance[i])
+                _, source_amp = self._amplitudes(nuisance[i], kwargs_lens_light, kwargs_source)
+                centre = (kwargs_source["center_x"], kwargs_source["center_y"])
+                peak = self._light_model.surface_brightness(
+                    *centre, [{"amp": 1.0, **kwargs_source}]
                 )
-        return images
+                peak_pixel = source_amp * float(peak) * self._pixel_scale**2
+                keep[i] = bool(np.any(peak_pixel > background))
+        return keep
 
     def noise_rms(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel noise rms [e-/s] of noise-free images (N, bands, H, W).
@@ -286,19 +395,25 @@ class LensSimulator:
             rms[:, b] = sim.estimate_noise(np.array(images[:, b], dtype=float))
         return rms
 
+    def add_noise(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Noise-free images (N, bands, H, W) plus background and Poisson noise from ``rng``."""
+        return images + self.noise_rms(images) * rng.standard_normal(images.shape)
+
     def simulate(self, theta, seed=None, *, nuisance=None, noise: bool = True) -> SimulationOutput:
-        """Simulate images of lenses with parameters θ.
+        """Simulate images of lenses with parameters θ (no selection: every θ is kept).
 
         Args:
             theta: (N, 4) numpy array or torch tensor, θ = (z_lens, z_source,
                 theta_E [arcsec], sigma_v [km/s]).
             seed: int, None or ``numpy.random.Generator``; the nuisance draws and then the
                 noise are taken from it, so the same seed gives the same output.
-            nuisance: optional (N, k) nuisance values to use instead of drawing them.
+            nuisance: optional (N, k) nuisance values to use instead of drawing them
+                (columns as :attr:`population_names` or :attr:`nuisance_names`).
             noise: add background and Poisson noise.
 
         Returns:
-            :class:`SimulationOutput` with float32 images (N, bands, H, W).
+            :class:`SimulationOutput` with float32 images (N, bands, H, W) and the
+            nuisance columns :attr:`nuisance_names` (selection columns measured here).
 
         Raises:
             ValueError: bad θ shape/values, seed type or nuisance shape.
@@ -307,12 +422,11 @@ class LensSimulator:
         rng = _as_rng(seed)
         if nuisance is None:
             nuisance = self.draw_nuisance(theta, rng).values
-        images = self.render(theta, nuisance)
+        images, nuisance, _ = self.render_selected(theta, nuisance)
         if noise:
-            rms = self.noise_rms(images)
-            images = images + rms * rng.standard_normal(images.shape)
+            images = self.add_noise(images, rng)
         return SimulationOutput(
             images=images.astype(np.float32),
-            nuisance=np.asarray(nuisance, dtype=float),
+            nuisance=nuisance,
             nuisance_names=self._nuisance_names,
         )

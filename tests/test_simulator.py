@@ -48,7 +48,8 @@ def test_properties(simulator):
     assert simulator.bands == ("g", "r", "i")
     assert simulator.image_shape == (3, 64, 64)
     assert simulator.pixel_scale == 0.2
-    assert len(simulator.nuisance_names) == 15 + 2 * 3
+    assert len(simulator.population_names) == 15 + 2 * 3
+    assert len(simulator.nuisance_names) == 15 + 2 * 3 + 2 + 3
 
 
 def test_noise_free_images_equal_lenstronomy(simulator, theta):
