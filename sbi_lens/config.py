@@ -293,7 +293,7 @@ class PopulationConfig(_Strict):
     lens_sersic_scatter_dex: float = Field(0.1, ge=0, le=0.5)
     light_misalignment_deg: float = Field(10.0, ge=0, le=90)
     light_axis_ratio_scatter: float = Field(0.11, ge=0, le=0.5)
-    lens_sed_concentration: float = Field(6.0, gt=0, le=1000)
+    lens_sed_concentration: float = Field(5.0, gt=0, le=1000)
     lens_colour_sigma_slope: float = Field(0.26, ge=0, le=1)
     lens_colour_sigma_pivot: float = Field(180.0, gt=0)
     lens_dusty_fraction: float = Field(0.10, ge=0, le=1)

@@ -29,6 +29,7 @@ def _row(simulator, **values):
         if "_mag_" in name:
             row[names.index(name)] = 99.0
     row[names.index("lens_R_sersic")] = 1.0
+    row[names.index("lens_sersic_n")] = 4.0
     for name, value in values.items():
         row[names.index(name)] = value
     return row

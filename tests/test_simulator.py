@@ -41,6 +41,7 @@ def _row(simulator, **values):
         row[simulator.nuisance_names.index(name)] = value
     row[simulator.nuisance_names.index("lens_R_sersic")] = values.get("lens_R_sersic", 1.0)
     row[simulator.nuisance_names.index("source_R_sersic")] = values.get("source_R_sersic", 0.2)
+    row[simulator.nuisance_names.index("lens_sersic_n")] = values.get("lens_sersic_n", 4.0)
     return row
 
 
@@ -48,8 +49,16 @@ def test_properties(simulator):
     assert simulator.bands == ("g", "r", "i")
     assert simulator.image_shape == (3, 64, 64)
     assert simulator.pixel_scale == 0.2
-    assert len(simulator.population_names) == 15 + 2 * 3
-    assert len(simulator.nuisance_names) == 15 + 2 * 3 + 2 + 3
+    from sbi_lens.population import BASE_NUISANCE_NAMES
+
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 2 * 3
+    assert simulator.nuisance_names[: len(simulator.population_names)] == (
+        simulator.population_names
+    )
+    assert simulator.nuisance_names[-5:] == (
+        "magnification", "arc_snr", "source_lensed_mag_g", "source_lensed_mag_r",
+        "source_lensed_mag_i",
+    )  # fmt: skip
 
 
 def test_noise_free_images_equal_lenstronomy(simulator, theta):
