@@ -79,10 +79,11 @@ def diagnose(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(report.to_json())
+    from sbi_lens.compat import posterior_device
+
     with torch.no_grad():
-        lens_samples = posterior.sample(
-            (num_samples,), x=torch.as_tensor(x[:1]).to(posterior._device), show_progress_bars=False
-        )
+        x_first = torch.as_tensor(x[:1]).to(posterior_device(posterior))
+        lens_samples = posterior.sample((num_samples,), x=x_first, show_progress_bars=False)
     history = Path(model_dir) / "history.csv"
     figures = write_report_figures(
         report,
