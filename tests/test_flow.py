@@ -168,6 +168,8 @@ def test_embedding_cache_reused_and_invalidated():
     xb = x[:4].clone()
     flow.sample((5,), xb)
     flow.sample((5,), xb)
+    with torch.no_grad():
+        flow.log_prob(flow.sample_and_log_prob((5,), xb)[0], xb)
     assert len(calls) == 1  # embedded once for repeated calls on the same tensor
     xb.add_(1.0)  # in-place change of x invalidates
     flow.sample((5,), xb)

@@ -110,6 +110,17 @@ class SplineFlow(ConditionalDensityEstimator):
         """The network applied to x (input scaling included)."""
         return self._embedding_net
 
+    @property
+    def samples_in_support(self) -> bool:
+        """Whether every sample lies in the prior's support by construction.
+
+        True when the flow was built with a bounded prior: its samples are
+        ``T(u)`` with ``T`` a bijection onto the support, so sbi's rejection step
+        and leakage correction are no-ops and ``log_prob`` is the posterior's
+        log-density. Diagnostics then use :meth:`sample_and_log_prob` directly.
+        """
+        return not self.bijection.is_identity
+
     # ---- conditioning -----------------------------------------------------------------
 
     def _context(self, condition: Tensor) -> list[Tensor]:
@@ -213,7 +224,7 @@ class SplineFlow(ConditionalDensityEstimator):
         self._check_input_shape(input)
         if input.dim() == 2:
             input = input.unsqueeze(0)
-        context = self._context(condition)
+        context = self._cached_context(condition)
         batch = torch.broadcast_shapes(input.shape[:-1], context[0].shape[:-1])
         input = input.expand(*batch, input.shape[-1])
         if torch.is_grad_enabled() or input.device.type != "cpu":
