@@ -179,13 +179,9 @@ def diagnose_samples(
     coverage = coverage_curves(
         ranks, num_samples, names, hpd_levels=hpd_levels, num_levels=num_levels
     )
-    timings["metrics_and_coverage"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    timings["metrics_and_coverage"], t0 = time.perf_counter() - t0, time.perf_counter()
     sbc = sbc_checks(ranks, samples, theta, names, c2st=c2st, seed=seed)
-    timings["sbc"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    timings["sbc"], t0 = time.perf_counter() - t0, time.perf_counter()
     tarp = tarp_check(samples, theta, seed=None if seed is None else seed + 1)
     timings["tarp"] = time.perf_counter() - t0
 

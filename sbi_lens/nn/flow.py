@@ -370,6 +370,64 @@ def _output_features(net: nn.Module, x: Tensor) -> int:
     return out.shape[1]
 
 
+def _check_z_score_options(z_score_theta: str | None, z_score_x: str | None) -> str | None:
+    """Validates both z-score modes; returns the θ mode to use."""
+    if z_score_theta == "transform_to_unconstrained":
+        z_score_theta = "independent"  # the flow always works in unconstrained space
+    if z_score_theta not in _Z_SCORE_OPTIONS:
+        raise ValueError(f"z_score_theta must be one of {_Z_SCORE_OPTIONS}, got {z_score_theta!r}")
+    if z_score_x not in (*_Z_SCORE_OPTIONS, "auto"):
+        raise ValueError(
+            f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}"
+        )
+    return z_score_theta
+
+
+def _check_batches(batch_theta: Tensor, batch_x: Tensor, prior) -> tuple[Tensor, Tensor]:
+    """Validated float32 training batches θ ``(N, D)`` and x ``(N, *event)``."""
+    if batch_theta.dim() != 2:
+        raise ValueError(f"batch_theta must be (N, D), got shape {tuple(batch_theta.shape)}.")
+    if batch_x.shape[0] != batch_theta.shape[0]:
+        raise ValueError(
+            f"batch_theta and batch_x differ in length: {batch_theta.shape[0]} vs "
+            f"{batch_x.shape[0]}."
+        )
+    batch_theta, batch_x = batch_theta.float(), batch_x.float()
+    if prior is not None:
+        outside = int((~prior.support.check(batch_theta)).sum())
+        if outside:
+            raise ValueError(
+                f"{outside} of {len(batch_theta)} training θ lie outside the prior's "
+                "support; simulate θ from the prior given to spline_flow."
+            )
+    return batch_theta, batch_x
+
+
+def _scaled_embedding(embedding_net: nn.Module | None, batch_x: Tensor, mode: str | None):
+    """The embedding with its input scaling: fitted ``fit_scaling`` or a z-score.
+
+    ``mode="auto"`` fits an embedding's own ``fit_scaling`` (once) if it has one,
+    else z-scores vector x independently and images structurally.
+    """
+    if embedding_net is None and batch_x.dim() != 2:
+        raise ValueError(
+            f"x has event shape {tuple(batch_x.shape[1:])}; images need an "
+            "embedding_net (e.g. sbi_lens.nn.LensResNet)."
+        )
+    net = embedding_net if embedding_net is not None else nn.Identity()
+    if mode == "auto":
+        if hasattr(net, "fit_scaling"):
+            if not getattr(net, "is_fitted", False):
+                net.fit_scaling(batch_x)
+            mode = "none"
+        else:
+            mode = "independent" if batch_x.dim() == 2 else "structured"
+    if mode not in ("none", None):
+        x_shift, x_scale = _z_score_stats(batch_x, mode)
+        net = nn.Sequential(Standardize(x_shift, x_scale), net)
+    return net
+
+
 def spline_flow(
     prior=None,
     num_blocks: int = 5,
@@ -408,54 +466,15 @@ def spline_flow(
     Returns:
         A builder that sbi calls once with the training data (on CPU).
     """
-    if z_score_theta == "transform_to_unconstrained":
-        z_score_theta = "independent"  # the flow always works in unconstrained space
-    if z_score_theta not in _Z_SCORE_OPTIONS:
-        raise ValueError(f"z_score_theta must be one of {_Z_SCORE_OPTIONS}, got {z_score_theta!r}")
-    if z_score_x not in (*_Z_SCORE_OPTIONS, "auto"):
-        raise ValueError(
-            f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}"
-        )
+    z_score_theta = _check_z_score_options(z_score_theta, z_score_x)
 
     def build(batch_theta: Tensor, batch_x: Tensor) -> SplineFlow:
-        if batch_theta.dim() != 2:
-            raise ValueError(f"batch_theta must be (N, D), got shape {tuple(batch_theta.shape)}.")
-        if batch_x.shape[0] != batch_theta.shape[0]:
-            raise ValueError(
-                f"batch_theta and batch_x differ in length: {batch_theta.shape[0]} vs "
-                f"{batch_x.shape[0]}."
-            )
-        batch_theta = batch_theta.float()
-        batch_x = batch_x.float()
+        batch_theta, batch_x = _check_batches(batch_theta, batch_x, prior)
         bijection = SupportBijection(prior)
-        if prior is not None:
-            outside = int((~prior.support.check(batch_theta)).sum())
-            if outside:
-                raise ValueError(
-                    f"{outside} of {len(batch_theta)} training θ lie outside the prior's "
-                    "support; simulate θ from the prior given to spline_flow."
-                )
         with torch.no_grad():
             u, _ = bijection.to_unconstrained(batch_theta)
         shift, scale = _z_score_stats(u, z_score_theta)
-
-        net = embedding_net if embedding_net is not None else nn.Identity()
-        mode = z_score_x
-        if mode == "auto":
-            if hasattr(net, "fit_scaling"):
-                if not getattr(net, "is_fitted", False):
-                    net.fit_scaling(batch_x)
-                mode = "none"
-            else:
-                mode = "independent" if batch_x.dim() == 2 else "structured"
-        if mode not in ("none", None):
-            x_shift, x_scale = _z_score_stats(batch_x, mode)
-            net = nn.Sequential(Standardize(x_shift, x_scale), net)
-        if embedding_net is None and batch_x.dim() != 2:
-            raise ValueError(
-                f"x has event shape {tuple(batch_x.shape[1:])}; images need an "
-                "embedding_net (e.g. sbi_lens.nn.LensResNet)."
-            )
+        net = _scaled_embedding(embedding_net, batch_x, z_score_x)
         context_features = _output_features(net, batch_x)
         return SplineFlow(
             input_shape=batch_theta.shape[1:],
