@@ -9,12 +9,16 @@ trained, so the timings are those of a real model of this size.
 Then, for ``--num-obs`` lenses × ``--num-samples`` posterior samples, in one process:
 
 * ``baseline_*``: the old path, ``DirectPosterior.sample_batched`` then
-  ``log_prob_batched`` of every sample and truth (a second pass) for the joint HPD;
+  ``log_prob_batched`` of every sample and truth (a second pass) for the joint HPD,
+  with the flow's chunks on all torch threads as before (``chunk_threads=None``);
 * ``sampling_and_log_prob_s``: the one-pass path (samples with their log q);
 * ``coverage_s`` (ranks, accuracy, coverage curves), ``sbc_ks_s``, ``c2st_s``,
   ``tarp_s``: the remaining stages on those samples;
 * ``total_s`` / ``total_no_c2st_s``: their sums; ``end_to_end_s``: one full
   ``run_diagnostics`` call with everything on, as ``sbi-lens diagnose`` makes it.
+
+``*_cpu_s`` are process CPU seconds and ``load_avg_*`` the 1-minute load average: on a
+shared machine wall times swing with other users' load, so read them together.
 
 Prints one JSON line. Example:
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -78,9 +83,14 @@ def build_posterior(num_obs: int, train_steps: int, seed: int):
     return DirectPosterior(flow, prior), theta[num_obs:], x[num_obs:]
 
 
+_CPU: dict[str, float] = {}  # process CPU seconds of the last _timed call
+
+
 def _timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
+    """(result, wall seconds); CPU seconds land in ``_CPU["last"]``."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
+    _CPU["last"] = time.process_time() - c0
     return out, time.perf_counter() - t0
 
 
@@ -97,15 +107,21 @@ def measure(posterior, theta, x, num_samples: int, batch_size: int) -> dict[str,
 
     names = ["z_lens", "z_source", "theta_E", "sigma_v"]
     out: dict[str, float] = {}
+    flow = posterior.posterior_estimator
+    flow.chunk_threads = None  # the old path ran its chunks on all torch threads
     samples, out["baseline_sampling_s"] = _timed(
         draw_posterior_samples, posterior, x, num_samples, batch_size=batch_size
     )
+    baseline_cpu = _CPU["last"]
     _, out["baseline_log_prob_s"] = _timed(
         joint_hpd_levels, posterior, samples, theta, x, batch_size=batch_size
     )
+    out["baseline_two_pass_cpu_s"] = baseline_cpu + _CPU["last"]
+    flow.chunk_threads = 1
     (samples, hpd, _), out["sampling_and_log_prob_s"] = _timed(
         draw_samples_and_hpd_levels, posterior, theta, x, num_samples, batch_size=batch_size
     )
+    out["sampling_and_log_prob_cpu_s"] = _CPU["last"]
     t0 = time.perf_counter()
     ranks = marginal_ranks(samples, theta)
     point_metrics(samples, theta, names, ranks)
@@ -151,7 +167,9 @@ def main(argv=None) -> int:
         "train_steps": args.train_steps,
         "torch_threads": torch.get_num_threads(),
         "build_s": round(build_s, 1),
+        "load_avg_before": round(os.getloadavg()[0], 1),
         **measure(posterior, theta, x, args.num_samples, args.batch_size),
+        "load_avg_after": round(os.getloadavg()[0], 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }

@@ -160,6 +160,21 @@ def test_sample_and_log_prob_one_pass_matches_log_prob(prior):
             torch.testing.assert_close(log_q, f32.log_prob(theta, x[:5]), rtol=1e-5, atol=1e-4)
 
 
+def test_chunk_threads_restored_and_results_unchanged():
+    flow, x = small_flow(box_prior())
+    randomize(flow, 0.1)
+    torch.set_num_threads(2)  # the autouse fixture restores the original afterwards
+    draws = {}
+    for threads in (1, None):
+        flow.chunk_threads = threads
+        with torch.no_grad():
+            draws[threads] = flow.sample_and_log_prob(
+                (30,), x[:3], generator=torch.Generator().manual_seed(0)
+            )
+        assert torch.get_num_threads() == 2
+    torch.testing.assert_close(draws[1], draws[None])
+
+
 def test_embedding_cache_reused_and_invalidated():
     flow, x = small_flow(box_prior())
     flow.eval()
