@@ -140,7 +140,7 @@ def _add_diagnose(sub) -> None:
     p.add_argument("--num-samples", type=_positive_int, default=1000, help="samples/lens (1000)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-c2st", action="store_true", help="skip SBC's C2ST (about 30 s)")
+    p.add_argument("--no-c2st", action="store_true", help="skip SBC's C2ST (~2-4 s)")
     p.add_argument("--allow-partial", action="store_true", help="use the intact chunks of a store")
     p.set_defaults(handler=_diagnose, subparser=p, aliases={"out_dir": "--out"})
 

@@ -159,6 +159,8 @@ class SBCResult(_JsonMixin):
             ranks and uniform draws (0.5 = indistinguishable), or None if skipped.
         c2st_dap: Per parameter, C2ST accuracy between the truths (prior draws) and
             the data-averaged posterior, or None if skipped.
+        c2st_num_lenses: Number of lenses the C2STs used (a random subset when the
+            test set is larger than ``sbi_lens.calibration.C2ST_MAX_LENSES``), or None.
     """
 
     num_posterior_samples: int
@@ -166,6 +168,7 @@ class SBCResult(_JsonMixin):
     ks_pvalues: dict[str, float]
     c2st_ranks: dict[str, float] | None = None
     c2st_dap: dict[str, float] | None = None
+    c2st_num_lenses: int | None = None
 
 
 @dataclass

@@ -129,7 +129,9 @@ def sample_posterior(
         (B, S, 4) samples in parameter units (z_lens, z_source, theta_E [arcsec],
         sigma_v [km/s]).
     """
-    device = torch.device(getattr(posterior, "_device", "cpu"))
+    from sbi_lens.compat import posterior_device
+
+    device = torch.device(posterior_device(posterior))
     x = torch.as_tensor(x, dtype=torch.float32, device=device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():

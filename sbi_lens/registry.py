@@ -10,8 +10,9 @@ support bijection therefore comes from the prior given to :func:`register`
 unbounded (identity bijection) and sbi's rejection step keeps samples in the support.
 Prefer the explicit route, ``NPE(prior, density_estimator=spline_flow(prior=prior))``.
 
-This uses an internal of sbi (``sbi.neural_nets.factory.model_builders``); if sbi
-changes it, :func:`register` raises a ``RuntimeError`` saying so.
+This uses an internal of sbi (``sbi.neural_nets.factory.model_builders``, reached
+through :mod:`sbi_lens.compat`); if sbi changes it, :func:`register` raises a
+``RuntimeError`` saying so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from sbi_lens.compat import sbi_model_builders
 from sbi_lens.nn.flow import SplineFlow, spline_flow
 
 __all__ = ["NAME", "register", "unregister"]
@@ -36,25 +38,6 @@ _SBI_KEYWORDS = (
     "embedding_net",
     "num_components",
 )
-
-
-def _model_builders() -> dict:
-    """sbi's name → builder table, or a clear error if sbi no longer has one."""
-    try:
-        from sbi.neural_nets import factory
-    except ImportError as err:  # pragma: no cover - sbi is a dependency
-        raise RuntimeError("sbi_lens.registry: cannot import sbi.neural_nets.factory") from err
-    builders = getattr(factory, "model_builders", None)
-    if not isinstance(builders, dict):
-        import sbi
-
-        raise RuntimeError(
-            "sbi_lens.registry: sbi.neural_nets.factory.model_builders is missing or not a "
-            f"dict in sbi {getattr(sbi, '__version__', '?')}; sbi's internals changed, so "
-            "'lens_nsf' cannot be registered. Use "
-            "NPE(prior, density_estimator=sbi_lens.nn.spline_flow(prior=prior)) instead."
-        )
-    return builders
 
 
 def _make_builder(prior, defaults: dict) -> Callable[..., SplineFlow]:
@@ -116,7 +99,7 @@ def register(prior=None, name: str = NAME, overwrite: bool = False, **defaults) 
         RuntimeError: If sbi no longer exposes its builder table.
         ValueError: If ``name`` is taken by another builder and ``overwrite`` is False.
     """
-    builders = _model_builders()
+    builders = sbi_model_builders()
     existing = builders.get(name)
     if existing is not None and not getattr(existing, "sbi_lens", False) and not overwrite:
         raise ValueError(
@@ -130,6 +113,6 @@ def register(prior=None, name: str = NAME, overwrite: bool = False, **defaults) 
 
 def unregister(name: str = NAME) -> None:
     """Remove a builder that :func:`register` added (no-op if absent)."""
-    builders = _model_builders()
+    builders = sbi_model_builders()
     if getattr(builders.get(name), "sbi_lens", False):
         del builders[name]

@@ -97,15 +97,15 @@ def diagnose(
 
 def _write_report(out_dir: Path, report, posterior, x, folder, store, elapsed: float):
     """metrics.json, the figures and report.md; returns (figure paths, summary text)."""
+    from sbi_lens.compat import posterior_device
     from sbi_lens.diagnostics import format_summary
     from sbi_lens.plots import write_report_figures
 
     num_samples = report.num_samples
     (out_dir / "metrics.json").write_text(report.to_json())
     with torch.no_grad():
-        lens_samples = posterior.sample(
-            (num_samples,), x=torch.as_tensor(x[:1]).to(posterior._device), show_progress_bars=False
-        )
+        x_first = torch.as_tensor(x[:1]).to(posterior_device(posterior))
+        lens_samples = posterior.sample((num_samples,), x=x_first, show_progress_bars=False)
     history = folder.history_path
     figures = write_report_figures(
         report,

@@ -139,6 +139,42 @@ def test_chunked_cpu_path_matches_unchunked():
     assert torch.allclose(s_chunked, s_plain, atol=1e-5)
 
 
+@pytest.mark.parametrize("prior", [None, "box"])
+def test_sample_and_log_prob_one_pass_matches_log_prob(prior):
+    """The inverse pass's accumulated log-det gives log_prob of the returned samples."""
+    flow, x = small_flow(box_prior() if prior else None)
+    randomize(flow, 0.1)
+    flow.chunk_rows = 64  # exercise the chunked no-grad CPU path
+    f64, x64 = flow.double(), x[:5].double()
+    with torch.no_grad():
+        theta, log_q = f64.sample_and_log_prob((300,), x64)
+        assert theta.shape == (300, 5, 4) and log_q.shape == (300, 5)
+        torch.testing.assert_close(log_q, f64.log_prob(theta, x64), rtol=1e-9, atol=1e-9)
+    theta, log_q = f64.sample_and_log_prob((20,), x64)  # autograd path: differentiable
+    assert log_q.requires_grad
+    torch.testing.assert_close(log_q, f64.log_prob(theta.detach(), x64), rtol=1e-9, atol=1e-9)
+    if prior is None:  # float32; with a box, log_prob's own θ → z round trip loses digits
+        f32 = f64.float()
+        with torch.no_grad():
+            theta, log_q = f32.sample_and_log_prob((300,), x[:5])
+            torch.testing.assert_close(log_q, f32.log_prob(theta, x[:5]), rtol=1e-5, atol=1e-4)
+
+
+def test_chunk_threads_restored_and_results_unchanged():
+    flow, x = small_flow(box_prior())
+    randomize(flow, 0.1)
+    torch.set_num_threads(2)  # the autouse fixture restores the original afterwards
+    draws = {}
+    for threads in (1, None):
+        flow.chunk_threads = threads
+        with torch.no_grad():
+            draws[threads] = flow.sample_and_log_prob(
+                (30,), x[:3], generator=torch.Generator().manual_seed(0)
+            )
+        assert torch.get_num_threads() == 2
+    torch.testing.assert_close(draws[1], draws[None])
+
+
 def test_embedding_cache_reused_and_invalidated():
     flow, x = small_flow(box_prior())
     flow.eval()
@@ -147,6 +183,8 @@ def test_embedding_cache_reused_and_invalidated():
     xb = x[:4].clone()
     flow.sample((5,), xb)
     flow.sample((5,), xb)
+    with torch.no_grad():
+        flow.log_prob(flow.sample_and_log_prob((5,), xb)[0], xb)
     assert len(calls) == 1  # embedded once for repeated calls on the same tensor
     xb.add_(1.0)  # in-place change of x invalidates
     flow.sample((5,), xb)

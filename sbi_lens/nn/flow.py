@@ -11,197 +11,25 @@ composes them. See ``docs/estimator.md`` for the design and its reasons.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
 from torch import Tensor, nn
-from zuko.transforms import LULinearTransform, MonotonicRQSTransform, PermutationTransform
 
+from sbi_lens.compat import tensor_version
 from sbi_lens.nn.support import (
     _Z_SCORE_OPTIONS,
     Standardize,
     SupportBijection,
     _z_score_stats,
 )
+from sbi_lens.nn.transforms import FlowBlock
 
 __all__ = ["SplineFlow", "SupportBijection", "spline_flow"]
-
-
-class ResidualConditioner(nn.Module):
-    """Residual MLP mapping (θ_a, context) to spline parameters.
-
-    The context enters only through the first layer, so its contribution can be
-    computed once per observation (:meth:`context_bias`) and broadcast over all
-    samples drawn for that observation.
-
-    Args:
-        in_features: Dimension of the untouched half θ_a.
-        context_features: Dimension of the image embedding.
-        out_features: Number of spline parameters produced.
-        hidden_features: Width H of the residual blocks.
-        num_residual_blocks: Number of pre-activation residual blocks.
-        activation: Activation module class.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        context_features: int,
-        out_features: int,
-        hidden_features: int = 128,
-        num_residual_blocks: int = 1,
-        activation: Callable[[], nn.Module] = nn.ReLU,
-    ) -> None:
-        super().__init__()
-        # With D = 1 there is no untouched half: the context alone sets the spline.
-        self.input_layer = (
-            nn.Linear(in_features, hidden_features, bias=False) if in_features > 0 else None
-        )
-        self.context_layer = nn.Linear(context_features, hidden_features)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                activation(),
-                nn.Linear(hidden_features, hidden_features),
-                activation(),
-                nn.Linear(hidden_features, hidden_features),
-            )
-            for _ in range(num_residual_blocks)
-        )
-        self.output_layer = nn.Sequential(activation(), nn.Linear(hidden_features, out_features))
-        # Zero output: every spline starts as the identity, so training starts from
-        # the (standardised) base distribution instead of a random warp.
-        nn.init.zeros_(self.output_layer[-1].weight)
-        nn.init.zeros_(self.output_layer[-1].bias)
-        for block in self.blocks:  # residual branches start small
-            nn.init.uniform_(block[-1].weight, -1e-3, 1e-3)
-            nn.init.zeros_(block[-1].bias)
-
-    def context_bias(self, context: Tensor) -> Tensor:
-        """First-layer contribution of the context, shape ``(*, H)``."""
-        return self.context_layer(context)
-
-    def forward(self, theta_a: Tensor, context_bias: Tensor) -> Tensor:
-        """Spline parameters.
-
-        Args:
-            theta_a: Conditioning half, shape ``(*, d_a)``.
-            context_bias: Output of :meth:`context_bias`, broadcastable to ``(*, H)``.
-
-        Returns:
-            Parameters of shape ``(*, out_features)``.
-        """
-        h = context_bias if self.input_layer is None else self.input_layer(theta_a) + context_bias
-        if h.shape[:-1] != theta_a.shape[:-1]:
-            h = h.expand(*theta_a.shape[:-1], h.shape[-1])
-        for block in self.blocks:
-            h = h + block(h)
-        return self.output_layer(h)
-
-
-class SplineCoupling(nn.Module):
-    """Rational-quadratic spline coupling: ``y_b = RQS(x_b; φ(x_a, c))``, ``y_a = x_a``.
-
-    The spline is zuko's :class:`~zuko.transforms.MonotonicRQSTransform` (identity
-    outside ``[-bound, bound]``).
-
-    Args:
-        features: Dimension D of θ.
-        context_features: Dimension of the image embedding.
-        num_bins: Number of spline bins K.
-        hidden_features: Width of the residual conditioner.
-        num_residual_blocks: Depth of the residual conditioner.
-        bound: Spline (co)domain bound B.
-    """
-
-    def __init__(
-        self,
-        features: int,
-        context_features: int,
-        num_bins: int = 8,
-        hidden_features: int = 128,
-        num_residual_blocks: int = 1,
-        bound: float = 5.0,
-    ) -> None:
-        super().__init__()
-        self.split = features // 2  # D = 1 leaves x_a empty: context-only conditioner
-        self.num_bins = num_bins
-        self.bound = bound
-        self.conditioner = ResidualConditioner(
-            self.split,
-            context_features,
-            (features - self.split) * (3 * num_bins - 1),
-            hidden_features,
-            num_residual_blocks,
-        )
-
-    def _spline(self, x_a: Tensor, context_bias: Tensor) -> MonotonicRQSTransform:
-        phi = self.conditioner(x_a, context_bias)
-        phi = phi.unflatten(-1, (-1, 3 * self.num_bins - 1))
-        k = self.num_bins
-        return MonotonicRQSTransform(
-            phi[..., :k], phi[..., k : 2 * k], phi[..., 2 * k :], bound=self.bound
-        )
-
-    def forward(self, x: Tensor, context_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """Data → base direction. Returns ``y`` ``(*, D)`` and ``log|det|`` ``(*)``."""
-        x_a, x_b = x[..., : self.split], x[..., self.split :]
-        y_b, ladj = self._spline(x_a, context_bias).call_and_ladj(x_b)
-        return torch.cat((x_a, y_b), dim=-1), ladj.sum(-1)
-
-    def inverse(self, y: Tensor, context_bias: Tensor) -> Tensor:
-        """Base → data direction, ``(*, D) -> (*, D)``."""
-        y_a, y_b = y[..., : self.split], y[..., self.split :]
-        x_b = self._spline(y_a, context_bias).inv(y_b)
-        return torch.cat((y_a, x_b), dim=-1)
-
-
-class FlowBlock(nn.Module):
-    """One block: random permutation → LU-linear → RQS coupling.
-
-    Args:
-        features: Dimension D of θ.
-        context_features: Dimension of the image embedding.
-        generator: Source of the random permutation.
-        **coupling_kwargs: Passed to :class:`SplineCoupling`.
-    """
-
-    def __init__(
-        self,
-        features: int,
-        context_features: int,
-        generator: torch.Generator | None = None,
-        **coupling_kwargs,
-    ) -> None:
-        super().__init__()
-        self.register_buffer("order", torch.randperm(features, generator=generator))
-        # L (with diagonal) and U (unit diagonal) packed in one matrix, as zuko does.
-        self.lu = nn.Parameter(torch.eye(features))
-        self.coupling = SplineCoupling(features, context_features, **coupling_kwargs)
-
-    def _linear(self) -> LULinearTransform:
-        return LULinearTransform(self.lu)
-
-    def forward(self, x: Tensor, context_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """Data → base. ``x`` ``(*, D)`` → ``(y, log|det|)`` with shapes ``(*, D)``, ``(*)``."""
-        x = PermutationTransform(self.order)(x)
-        linear = self._linear()
-        y = linear(x)
-        ladj = linear.log_abs_det_jacobian(x, y)
-        y, ladj_c = self.coupling(y, context_bias)
-        return y, ladj + ladj_c
-
-    def inverse(self, y: Tensor, context_bias: Tensor) -> Tensor:
-        """Base → data, ``(*, D) -> (*, D)``."""
-        x = self.coupling.inverse(y, context_bias)
-        # A 4×4 solve once, then one matmul for all samples: much faster than a
-        # batched triangular solve over millions of rows.
-        linear = self._linear()
-        inv = torch.linalg.inv(linear.L @ linear.U)
-        x = x @ inv.mT
-        return PermutationTransform(self.order).inv(x)
 
 
 # --------------------------------------------------------------------------------------
@@ -277,11 +105,26 @@ class SplineFlow(ConditionalDensityEstimator):
         self.standardize = Standardize(shift.reshape(features), scale.reshape(features))
         self._cache: tuple | None = None
         self.chunk_rows = 2048  # rows per chunk for no-grad CPU evaluation
+        # torch threads for those chunks: their ops are small (2,048 × 4), so a second
+        # thread mostly waits at barriers; on a busy CPU that made sampling 3-10x
+        # slower and cost 5-20x the CPU time (docs/estimator.md). None: leave as is.
+        self.chunk_threads: int | None = 1
 
     @property
     def embedding_net(self) -> nn.Module:
         """The network applied to x (input scaling included)."""
         return self._embedding_net
+
+    @property
+    def samples_in_support(self) -> bool:
+        """Whether every sample lies in the prior's support by construction.
+
+        True when the flow was built with a bounded prior: its samples are
+        ``T(u)`` with ``T`` a bijection onto the support, so sbi's rejection step
+        and leakage correction are no-ops and ``log_prob`` is the posterior's
+        log-density. Diagnostics then use :meth:`sample_and_log_prob` directly.
+        """
+        return not self.bijection.is_identity
 
     # ---- conditioning -----------------------------------------------------------------
 
@@ -308,10 +151,10 @@ class SplineFlow(ConditionalDensityEstimator):
         """
         if torch.is_grad_enabled() or self.training or condition.is_inference():
             return self._context(condition)  # inference tensors have no version counter
-        versions = tuple(t._version for t in self.parameters()) + tuple(
-            b._version for b in self.buffers()
+        versions = tuple(tensor_version(t) for t in self.parameters()) + tuple(
+            tensor_version(b) for b in self.buffers()
         )
-        key = (condition._version, condition.shape, condition.device, versions)
+        key = (tensor_version(condition), condition.shape, condition.device, versions)
         if self._cache is not None:
             ref, cached_key, context = self._cache
             if ref() is condition and cached_key == key:
@@ -343,8 +186,7 @@ class SplineFlow(ConditionalDensityEstimator):
 
     def _log_prob_given_context(self, theta: Tensor, context: list[Tensor]) -> Tensor:
         z, ladj = self._to_noise(theta, context)
-        log_base = -0.5 * (z.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
-        return log_base + ladj
+        return _log_normal(z) + ladj
 
     def inverse_transform(self, input: Tensor, condition: Tensor) -> Tensor:
         """Map θ to the base (noise) space, as sbi's ``ZukoFlow.inverse_transform``.
@@ -370,7 +212,7 @@ class SplineFlow(ConditionalDensityEstimator):
         Returns:
             θ of shape ``(*batch, D)``, inside the prior's support.
         """
-        return self._from_noise(noise, self._context(condition))
+        return self._from_noise(noise, self._context(condition))[0]
 
     def log_prob(self, input: Tensor, condition: Tensor, **kwargs) -> Tensor:
         """Log-density of θ given x.
@@ -387,15 +229,16 @@ class SplineFlow(ConditionalDensityEstimator):
         self._check_input_shape(input)
         if input.dim() == 2:
             input = input.unsqueeze(0)
-        context = self._context(condition)
+        context = self._cached_context(condition)
         batch = torch.broadcast_shapes(input.shape[:-1], context[0].shape[:-1])
         input = input.expand(*batch, input.shape[-1])
         if torch.is_grad_enabled() or input.device.type != "cpu":
             return self._log_prob_given_context(input, context)
         context = [c.expand(*batch, c.shape[-1]) for c in context]
         out = input.new_empty(batch)
-        for s, b in _row_chunks(batch, self.chunk_rows):
-            out[s, b] = self._log_prob_given_context(input[s, b], [c[s, b] for c in context])
+        with _torch_threads(getattr(self, "chunk_threads", 1)):
+            for s, b in _row_chunks(batch, self.chunk_rows):
+                out[s, b] = self._log_prob_given_context(input[s, b], [c[s, b] for c in context])
         return out
 
     def loss(self, input: Tensor, condition: Tensor, **kwargs) -> Tensor:
@@ -409,25 +252,46 @@ class SplineFlow(ConditionalDensityEstimator):
         sample_shape: torch.Size,
         context: list[Tensor],
         generator: torch.Generator | None,
-    ) -> Tensor:
+        with_log_prob: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """θ ``(*sample_shape, B, D)`` and, if asked, ``log q(θ | x)`` ``(*sample_shape, B)``."""
         ref = context[0]
         shape = (*sample_shape, *ref.shape[:-1], self.input_shape[0])
         z = torch.randn(shape, generator=generator, device=ref.device, dtype=ref.dtype)
         if torch.is_grad_enabled() or z.device.type != "cpu" or ref.dim() != 2:
-            return self._from_noise(z, context)
+            return self._from_noise(z, context, with_log_prob)
         # On CPU, pushing a few thousand rows at a time through the flow keeps the
         # conditioner's activations in cache: ~2.5x faster than one big batch.
         z = z.reshape(-1, ref.shape[0], shape[-1])  # (S, B, D), sample dims flattened
         out = torch.empty_like(z)
-        for s, b in _row_chunks(z.shape[:-1], self.chunk_rows):
-            out[s, b] = self._from_noise(z[s, b], [c[b] for c in context])
-        return out.reshape(shape)
+        log_q = z.new_empty(z.shape[:-1]) if with_log_prob else None
+        with _torch_threads(getattr(self, "chunk_threads", 1)):
+            for s, b in _row_chunks(z.shape[:-1], self.chunk_rows):
+                theta, lq = self._from_noise(z[s, b], [c[b] for c in context], with_log_prob)
+                out[s, b] = theta
+                if log_q is not None:
+                    log_q[s, b] = lq
+        return out.reshape(shape), None if log_q is None else log_q.reshape(shape[:-1])
 
-    def _from_noise(self, z: Tensor, context: list[Tensor]) -> Tensor:
-        """Base variable z ``(*, D)`` → θ ``(*, D)``."""
+    def _from_noise(
+        self, z: Tensor, context: list[Tensor], with_log_prob: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Base variable z ``(*, D)`` → θ ``(*, D)``, and ``log q(θ | x)`` ``(*)`` if asked.
+
+        ``log q(θ) = log N(z) - log|det ∂θ/∂z|``, the log-det accumulated on the way.
+        """
+        log_q = _log_normal(z) if with_log_prob else None
         for block, bias in zip(reversed(self.net), reversed(context), strict=True):
-            z = block.inverse(z, bias)
-        return self.bijection.to_support(self.standardize.inverse(z))
+            if log_q is None:
+                z = block.inverse(z, bias)
+            else:
+                z, ladj = block.inverse_and_ladj(z, bias)
+                log_q = log_q - ladj
+        u = self.standardize.inverse(z)
+        if log_q is None:
+            return self.bijection.to_support(u), None
+        theta, ladj = self.bijection.to_support_and_ladj(u)
+        return theta, log_q + self.standardize.log_abs_det() - ladj
 
     def sample(
         self,
@@ -448,7 +312,7 @@ class SplineFlow(ConditionalDensityEstimator):
         """
         with torch.no_grad():
             context = self._cached_context(condition)
-            return self._sample_given_context(torch.Size(sample_shape), context, generator)
+            return self._sample_given_context(torch.Size(sample_shape), context, generator)[0]
 
     def sample_and_log_prob(
         self,
@@ -457,7 +321,11 @@ class SplineFlow(ConditionalDensityEstimator):
         generator: torch.Generator | None = None,
         **kwargs,
     ) -> tuple[Tensor, Tensor]:
-        """Reparameterised samples and their log-density.
+        """Samples and their log-density from one pass through the flow.
+
+        The inverse (sampling) pass accumulates each block's log-det, so the density
+        costs no second evaluation of the conditioners. Differentiable when autograd
+        is on (reparameterised samples).
 
         Args:
             sample_shape: Number of samples per observation.
@@ -467,9 +335,27 @@ class SplineFlow(ConditionalDensityEstimator):
         Returns:
             θ ``(*sample_shape, B, D)`` and ``log q(θ | x)`` ``(*sample_shape, B)``.
         """
-        context = self._context(condition)
-        theta = self._sample_given_context(torch.Size(sample_shape), context, generator)
-        return theta, self._log_prob_given_context(theta, context)
+        context = self._cached_context(condition)
+        return self._sample_given_context(torch.Size(sample_shape), context, generator, True)
+
+
+@contextlib.contextmanager
+def _torch_threads(num: int | None) -> Iterator[None]:
+    """Runs a block with ``num`` torch intra-op threads (process-wide), then restores."""
+    before = torch.get_num_threads()
+    if num is None or num == before:
+        yield
+        return
+    torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _log_normal(z: Tensor) -> Tensor:
+    """Standard-normal log-density of ``z`` ``(*, D)``, summed over D: ``(*)``."""
+    return -0.5 * (z.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
 
 
 def _row_chunks(batch: torch.Size, rows: int):
@@ -503,6 +389,64 @@ def _output_features(net: nn.Module, x: Tensor) -> int:
             f"{tuple(out.shape)} for x of shape {tuple(x[:2].shape)}."
         )
     return out.shape[1]
+
+
+def _check_z_score_options(z_score_theta: str | None, z_score_x: str | None) -> str | None:
+    """Validates both z-score modes; returns the θ mode to use."""
+    if z_score_theta == "transform_to_unconstrained":
+        z_score_theta = "independent"  # the flow always works in unconstrained space
+    if z_score_theta not in _Z_SCORE_OPTIONS:
+        raise ValueError(f"z_score_theta must be one of {_Z_SCORE_OPTIONS}, got {z_score_theta!r}")
+    if z_score_x not in (*_Z_SCORE_OPTIONS, "auto"):
+        raise ValueError(
+            f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}"
+        )
+    return z_score_theta
+
+
+def _check_batches(batch_theta: Tensor, batch_x: Tensor, prior) -> tuple[Tensor, Tensor]:
+    """Validated float32 training batches θ ``(N, D)`` and x ``(N, *event)``."""
+    if batch_theta.dim() != 2:
+        raise ValueError(f"batch_theta must be (N, D), got shape {tuple(batch_theta.shape)}.")
+    if batch_x.shape[0] != batch_theta.shape[0]:
+        raise ValueError(
+            f"batch_theta and batch_x differ in length: {batch_theta.shape[0]} vs "
+            f"{batch_x.shape[0]}."
+        )
+    batch_theta, batch_x = batch_theta.float(), batch_x.float()
+    if prior is not None:
+        outside = int((~prior.support.check(batch_theta)).sum())
+        if outside:
+            raise ValueError(
+                f"{outside} of {len(batch_theta)} training θ lie outside the prior's "
+                "support; simulate θ from the prior given to spline_flow."
+            )
+    return batch_theta, batch_x
+
+
+def _scaled_embedding(embedding_net: nn.Module | None, batch_x: Tensor, mode: str | None):
+    """The embedding with its input scaling: fitted ``fit_scaling`` or a z-score.
+
+    ``mode="auto"`` fits an embedding's own ``fit_scaling`` (once) if it has one,
+    else z-scores vector x independently and images structurally.
+    """
+    if embedding_net is None and batch_x.dim() != 2:
+        raise ValueError(
+            f"x has event shape {tuple(batch_x.shape[1:])}; images need an "
+            "embedding_net (e.g. sbi_lens.nn.LensResNet)."
+        )
+    net = embedding_net if embedding_net is not None else nn.Identity()
+    if mode == "auto":
+        if hasattr(net, "fit_scaling"):
+            if not getattr(net, "is_fitted", False):
+                net.fit_scaling(batch_x)
+            mode = "none"
+        else:
+            mode = "independent" if batch_x.dim() == 2 else "structured"
+    if mode not in ("none", None):
+        x_shift, x_scale = _z_score_stats(batch_x, mode)
+        net = nn.Sequential(Standardize(x_shift, x_scale), net)
+    return net
 
 
 def spline_flow(
@@ -543,54 +487,15 @@ def spline_flow(
     Returns:
         A builder that sbi calls once with the training data (on CPU).
     """
-    if z_score_theta == "transform_to_unconstrained":
-        z_score_theta = "independent"  # the flow always works in unconstrained space
-    if z_score_theta not in _Z_SCORE_OPTIONS:
-        raise ValueError(f"z_score_theta must be one of {_Z_SCORE_OPTIONS}, got {z_score_theta!r}")
-    if z_score_x not in (*_Z_SCORE_OPTIONS, "auto"):
-        raise ValueError(
-            f"z_score_x must be 'auto' or one of {_Z_SCORE_OPTIONS}, got {z_score_x!r}"
-        )
+    z_score_theta = _check_z_score_options(z_score_theta, z_score_x)
 
     def build(batch_theta: Tensor, batch_x: Tensor) -> SplineFlow:
-        if batch_theta.dim() != 2:
-            raise ValueError(f"batch_theta must be (N, D), got shape {tuple(batch_theta.shape)}.")
-        if batch_x.shape[0] != batch_theta.shape[0]:
-            raise ValueError(
-                f"batch_theta and batch_x differ in length: {batch_theta.shape[0]} vs "
-                f"{batch_x.shape[0]}."
-            )
-        batch_theta = batch_theta.float()
-        batch_x = batch_x.float()
+        batch_theta, batch_x = _check_batches(batch_theta, batch_x, prior)
         bijection = SupportBijection(prior)
-        if prior is not None:
-            outside = int((~prior.support.check(batch_theta)).sum())
-            if outside:
-                raise ValueError(
-                    f"{outside} of {len(batch_theta)} training θ lie outside the prior's "
-                    "support; simulate θ from the prior given to spline_flow."
-                )
         with torch.no_grad():
             u, _ = bijection.to_unconstrained(batch_theta)
         shift, scale = _z_score_stats(u, z_score_theta)
-
-        net = embedding_net if embedding_net is not None else nn.Identity()
-        mode = z_score_x
-        if mode == "auto":
-            if hasattr(net, "fit_scaling"):
-                if not getattr(net, "is_fitted", False):
-                    net.fit_scaling(batch_x)
-                mode = "none"
-            else:
-                mode = "independent" if batch_x.dim() == 2 else "structured"
-        if mode not in ("none", None):
-            x_shift, x_scale = _z_score_stats(batch_x, mode)
-            net = nn.Sequential(Standardize(x_shift, x_scale), net)
-        if embedding_net is None and batch_x.dim() != 2:
-            raise ValueError(
-                f"x has event shape {tuple(batch_x.shape[1:])}; images need an "
-                "embedding_net (e.g. sbi_lens.nn.LensResNet)."
-            )
+        net = _scaled_embedding(embedding_net, batch_x, z_score_x)
         context_features = _output_features(net, batch_x)
         return SplineFlow(
             input_shape=batch_theta.shape[1:],

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, biject_to
 
+from sbi_lens.compat import reset_cached_inverse
+
 _Z_SCORE_OPTIONS = ("independent", "structured", "transform_to_unconstrained", "none", None)
 
 
@@ -36,8 +38,7 @@ def _move_transform(t: Transform, device: torch.device, dtype: torch.dtype) -> T
             setattr(t, name, _move_transform(value, device, dtype))
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], Transform):
             setattr(t, name, type(value)(_move_transform(v, device, dtype) for v in value))
-    if hasattr(t, "_inv"):
-        t._inv = None  # the cached inverse would still point to the old tensors
+    reset_cached_inverse(t)  # the cached inverse would still point to the old tensors
     return t
 
 
@@ -107,6 +108,14 @@ class SupportBijection(nn.Module):
         if self.transform is None:
             return u
         return self._get(u)(u)
+
+    def to_support_and_ladj(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Map ``u`` ``(*, D)`` into the support: ``θ = T(u)`` and ``log|det ∂θ/∂u|`` ``(*)``."""
+        if self.transform is None:
+            return u, u.new_zeros(u.shape[:-1])
+        t = self._get(u)
+        theta = t(u)
+        return theta, _sum_event(t.log_abs_det_jacobian(u, theta), u)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -1,0 +1,84 @@
+"""The one place that touches private internals of sbi and torch.
+
+sbi is pinned (``sbi==0.27.*``); each function below calls one private symbol with the
+arguments that version takes. ``tests/test_compat.py`` checks every symbol and
+signature used here, so an sbi or torch upgrade that changes them fails there with a
+message naming the symbol, instead of somewhere deep in a diagnostics run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Transform
+
+__all__ = [
+    "posterior_device",
+    "reset_cached_inverse",
+    "run_tarp_on_samples",
+    "sbi_model_builders",
+    "tensor_version",
+]
+
+
+def run_tarp_on_samples(
+    samples: Tensor, theta: Tensor, references: Tensor, *, z_score_theta: bool = True
+) -> tuple[Tensor, Tensor]:
+    """TARP expected coverage from posterior samples already drawn.
+
+    sbi's public ``run_tarp`` samples the posterior itself; its internal
+    ``sbi.diagnostics.tarp._run_tarp`` takes the samples, so shared draws are reused.
+
+    Args:
+        samples: Posterior samples, (S, N, D).
+        theta: True parameters, (N, D).
+        references: TARP reference points, (N, D).
+        z_score_theta: Whether sbi z-scores θ before measuring (L2) distances.
+
+    Returns:
+        Expected coverage probabilities and credibility levels, each (num_bins + 1,).
+    """
+    from sbi.diagnostics.tarp import _run_tarp
+
+    return _run_tarp(samples, theta, references, z_score_theta=z_score_theta)
+
+
+def posterior_device(posterior: Any) -> torch.device:
+    """Device an sbi posterior evaluates on (sbi's ``NeuralPosterior._device``)."""
+    return posterior._device
+
+
+def tensor_version(t: Tensor) -> int:
+    """torch's in-place modification counter of ``t`` (``Tensor._version``)."""
+    return t._version
+
+
+def sbi_model_builders() -> dict:
+    """sbi's model name → builder table, ``sbi.neural_nets.factory.model_builders``.
+
+    Raises:
+        RuntimeError: If this sbi has no such dict (its internals changed).
+    """
+    import sbi
+    from sbi.neural_nets import factory
+
+    builders = getattr(factory, "model_builders", None)
+    if not isinstance(builders, dict):
+        raise RuntimeError(
+            "sbi.neural_nets.factory.model_builders is missing or not a dict in sbi "
+            f"{sbi.__version__}; sbi's internals changed, so named sbi_lens models cannot "
+            "be registered. Use NPE(prior, density_estimator=sbi_lens.nn.spline_flow("
+            "prior=prior)) instead."
+        )
+    return builders
+
+
+def reset_cached_inverse(t: Transform) -> None:
+    """Drop the inverse a torch ``Transform`` caches in ``Transform._inv``.
+
+    A copied transform would otherwise keep returning its original's inverse.
+    """
+    if hasattr(t, "_inv"):
+        t._inv = None
