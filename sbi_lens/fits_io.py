@@ -20,7 +20,6 @@ expected.
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
+
+from sbi_lens.fits_bands import cube_bands, group_name, select_bands, stack_group
 
 __all__ = [
     "Cutout",
@@ -45,7 +46,6 @@ __all__ = [
 #: Relative pixel-scale mismatch tolerated between a cutout and the model.
 PIXEL_SCALE_RTOL = 0.01
 
-_BAND_KEYWORDS = ("BAND", "FILTER")
 _PIXSCALE_KEYWORDS = ("PIXSCALE", "PIXSCAL")
 _WCS_SCALE_KEYWORDS = ("CD1_1", "CD1_2", "CD2_1", "CD2_2", "CDELT1", "CDELT2")
 
@@ -282,126 +282,6 @@ def _check_finite(image: np.ndarray, bands: Sequence[str], where: str) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- bands
-
-
-def _match_band(value, bands: Sequence[str]) -> str | None:
-    """The band of ``bands`` named by a header value like ``'r'`` or ``'r DECam'``."""
-    text = str(value).strip()
-    lowered = {b.lower(): b for b in bands}
-    if text.lower() in lowered:
-        return lowered[text.lower()]
-    first = text.split()[0].lower() if text.split() else ""
-    return lowered.get(first)
-
-
-def _header_band(header: fits.Header, index: int | None) -> tuple[str, object] | None:
-    """(keyword, value) of the band keyword of a plane (``BAND2``) or image (``BAND``)."""
-    suffix = "" if index is None else str(index + 1)
-    for key in _BAND_KEYWORDS:
-        if f"{key}{suffix}" in header:
-            return f"{key}{suffix}", header[f"{key}{suffix}"]
-    return None
-
-
-def _cube_bands(
-    item: _FitsImage, spec: ImageSpec, input_bands: tuple[str, ...] | None
-) -> tuple[str, ...]:
-    """Band of each plane of a cube: header keywords, else ``--bands``, else the model's."""
-    count = item.data.shape[0]
-    found = [_header_band(item.header, i) for i in range(count)]
-    if all(f is not None for f in found):
-        names = tuple(str(value).strip() for _, value in found)
-        if input_bands is not None and tuple(b.lower() for b in input_bands) != tuple(
-            n.lower() for n in names
-        ):
-            raise ValueError(
-                f"{item.path}: header says bands {','.join(names)} but input_bands says "
-                f"{','.join(input_bands)}"
-            )
-        return names
-    if input_bands is not None:
-        if len(input_bands) != count:
-            raise ValueError(
-                f"{item.path}: cube has {count} bands but input_bands lists {len(input_bands)} "
-                f"({','.join(input_bands)})"
-            )
-        return input_bands
-    if count != len(spec.bands):
-        raise ValueError(
-            f"{item.path}: cube has {count} bands, the model expects {len(spec.bands)} "
-            f"({','.join(spec.bands)})"
-        )
-    return spec.bands
-
-
-def _select_bands(
-    image: np.ndarray, names: Sequence[str], spec: ImageSpec, where: str
-) -> np.ndarray:
-    """Reorders (and, for extra bands, selects) the planes into the model's band order."""
-    matched = [_match_band(n, spec.bands) for n in names]
-    missing = [b for b in spec.bands if b not in matched]
-    if missing or len(names) < len(spec.bands):
-        raise ValueError(
-            f"{where}: has {len(names)} bands ({','.join(map(str, names))}), the model expects "
-            f"{len(spec.bands)} ({','.join(spec.bands)}); missing {','.join(missing) or '-'}"
-        )
-    duplicated = sorted({m for m in matched if m is not None and matched.count(m) > 1})
-    if duplicated:
-        raise ValueError(f"{where}: band {','.join(duplicated)} appears more than once")
-    return image[[matched.index(b) for b in spec.bands]]
-
-
-_NAME_TOKEN = re.compile(r"[_\-.]([A-Za-z0-9]+)$")
-
-
-def _file_band(item: _FitsImage, spec: ImageSpec) -> str | None:
-    """The band of a single-band file: its BAND/FILTER value or a ``_g`` name suffix.
-
-    A header value that names none of the model's bands is returned as is, so extra
-    bands are dropped and missing ones reported by :func:`_select_bands`.
-    """
-    found = _header_band(item.header, None)
-    if found is not None:
-        value = str(found[1]).strip()
-        return _match_band(value, spec.bands) or value
-    token = _NAME_TOKEN.search(item.path.stem)
-    return _match_band(token.group(1), spec.bands) if token else None
-
-
-def _group_name(paths: Sequence[Path]) -> str:
-    """Common stem of a band group: ``lens1_g``, ``lens1_r`` → ``lens1``."""
-    stems = [p.stem for p in paths]
-    prefix = stems[0]
-    for stem in stems[1:]:
-        while not stem.startswith(prefix):
-            prefix = prefix[:-1]
-    prefix = prefix.rstrip("_-. ")
-    return prefix or stems[0]
-
-
-def _stack_group(
-    group: Sequence[_FitsImage], spec: ImageSpec, input_bands: tuple[str, ...] | None
-) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Stacks single-band files of one lens into (bands, H, W) in their own band order."""
-    where = ", ".join(str(g.path) for g in group)
-    shapes = {g.data.shape for g in group}
-    if len(shapes) > 1:
-        raise ValueError(f"{where}: band images differ in shape {sorted(shapes)}")
-    named = [_file_band(g, spec) for g in group]
-    if all(n is not None for n in named):
-        names = tuple(named)
-    elif any(n is not None for n in named):
-        unnamed = [str(g.path) for g, n in zip(group, named, strict=True) if n is None]
-        raise ValueError(
-            f"{', '.join(unnamed)}: no BAND/FILTER keyword while the other files of the "
-            "group have one; give every file a band or none"
-        )
-    else:
-        names = input_bands if input_bands is not None else spec.bands
-    return np.stack([g.data for g in group]), names
-
-
 # ----------------------------------------------------------------------------- cutouts
 
 
@@ -446,12 +326,12 @@ def iter_cutouts(
         if item.data.ndim == 3:
             if pending:
                 raise ValueError(_incomplete_group(pending, group_size))
-            names = _cube_bands(item, spec, input_bands)
+            names = cube_bands(item, spec, input_bands)
             yield _finish(item.data, names, [item], spec, crop, assume_pixel_scale)
             continue
         pending.append(item)
         if len(pending) == group_size:
-            image, names = _stack_group(pending, spec, input_bands)
+            image, names = stack_group(pending, spec, input_bands)
             yield _finish(image, names, pending, spec, crop, assume_pixel_scale)
             pending = []
     if pending:
@@ -476,7 +356,7 @@ def _finish(
 ) -> Cutout:
     """Band selection, pixel-scale, shape and finiteness checks for one lens."""
     where = ", ".join(str(i.path) for i in items)
-    image = _select_bands(image, names, spec, where)
+    image = select_bands(image, names, spec, where)
     scales = []
     for item in items:
         try:
@@ -488,7 +368,7 @@ def _finish(
     image, cropped = _fit_shape(image, spec, where, crop)
     _check_finite(image, spec.bands, where)
     found = [s for s in scales if s is not None]
-    name = items[0].path.stem if len(items) == 1 else _group_name([i.path for i in items])
+    name = items[0].path.stem if len(items) == 1 else group_name([i.path for i in items])
     return Cutout(
         name=name,
         image=np.ascontiguousarray(image, dtype=np.float32),

@@ -339,16 +339,9 @@ def run_inference(
     posterior = folder.load_posterior(device=device)
     check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
     with claim_output_folder(out, "inference"):
-        summaries = []
-        for start in range(0, len(cutouts), batch_size):
-            batch = sample_posterior(
-                posterior, x[start : start + batch_size], num_samples, _batch_seed(seed, start)
-            )
-            for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
-                files = _write_lens(out, cutout, samples, corner)
-                summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files)))
-                if echo is not None:
-                    echo(format_table(summaries[-1]))
+        summaries = _sample_and_write(
+            posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo
+        )
         meta = {
             "model": str(model_dir),
             "sbi_lens_version": __version__,
@@ -363,6 +356,21 @@ def run_inference(
             "pixel_scale": spec.pixel_scale,
         }
         _write_summaries(out, summaries, meta)
+    return summaries
+
+
+def _sample_and_write(posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo):
+    """Sample the cutouts batch by batch; write each lens's files; return the summaries."""
+    summaries = []
+    for start in range(0, len(cutouts), batch_size):
+        batch = sample_posterior(
+            posterior, x[start : start + batch_size], num_samples, _batch_seed(seed, start)
+        )
+        for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
+            files = _write_lens(out, cutout, samples, corner)
+            summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files)))
+            if echo is not None:
+                echo(format_table(summaries[-1]))
     return summaries
 
 
