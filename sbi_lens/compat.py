@@ -15,12 +15,35 @@ from torch import Tensor
 from torch.distributions import Transform
 
 __all__ = [
+    "lenstronomy_bin",
+    "lenstronomy_convolve",
     "posterior_device",
     "reset_cached_inverse",
     "run_tarp_on_samples",
     "sbi_model_builders",
     "tensor_version",
 ]
+
+
+def lenstronomy_bin(numerics, flux: Any):
+    """The binning half of lenstronomy's ``Numerics.re_size_convolve``.
+
+    Returns the (low-resolution image, high-resolution part) that
+    ``Numerics._grid.flux_array2image_low_high`` gives for a flux array evaluated at
+    ``numerics.coordinates_evaluate``. Bands that share a pixel grid share this step.
+    """
+    inner = getattr(numerics, "_numerics_subframe", numerics)  # ImageModel's NumericsSubFrame
+    return inner._grid.flux_array2image_low_high(flux, high_res_return=inner._high_res_return)
+
+
+def lenstronomy_convolve(numerics, binned) -> Any:
+    """The convolution half of ``Numerics.re_size_convolve`` applied to
+    :func:`lenstronomy_bin`'s output (PSF of ``numerics``, times the pixel area), so
+    that ``lenstronomy_convolve(n, lenstronomy_bin(n, f)) == n.re_size_convolve(f)``."""
+    low, high = binned
+    inner = getattr(numerics, "_numerics_subframe", numerics)
+    image = inner._conv.re_size_convolve(low, high) * inner._pixel_width**2
+    return numerics._complete_frame(image) if inner is not numerics else image
 
 
 def run_tarp_on_samples(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sbi_lens.compat import lenstronomy_bin, lenstronomy_convolve
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
@@ -307,9 +308,14 @@ class LensSimulator:
             lens = light.surface_brightness(self._x, self._y, [{"amp": 1.0, **kwargs_lens_light}])
             unit_flux = light.total_flux([{"amp": 1.0, **kwargs_source}])[0]
             magnification[i] = source.sum() * self._subpixel_area / unit_flux
+            # The bands share the pixel grid: bin once, convolve with each band's PSF.
+            binned_source = lenstronomy_bin(self._numerics[0], source)
+            binned_lens = lenstronomy_bin(self._numerics[0], lens)
             for b, numerics in enumerate(self._numerics):
-                sources[i, b] = source_amp[b] * numerics.re_size_convolve(source)
-                images[i, b] = lens_amp[b] * numerics.re_size_convolve(lens) + sources[i, b]
+                sources[i, b] = source_amp[b] * lenstronomy_convolve(numerics, binned_source)
+                images[i, b] = (
+                    lens_amp[b] * lenstronomy_convolve(numerics, binned_lens) + sources[i, b]
+                )
         return images, sources, magnification
 
     def render(self, theta, nuisance) -> np.ndarray:

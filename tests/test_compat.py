@@ -5,6 +5,7 @@ Each test names the symbol, so an sbi or torch upgrade that breaks one says whic
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from sbi.utils import BoxUniform
@@ -78,3 +79,24 @@ def test_torch_transform_inverse_cache():
     compat.reset_cached_inverse(t)
     if t._inv is not None or t.inv is inverse:
         _fail("torch.distributions.Transform._inv", "setting it to None does not reset it")
+
+
+def test_lenstronomy_binning_and_convolution_split_equals_re_size_convolve():
+    """The simulator bins once per lens and convolves per band through these two."""
+    from lenstronomy.SimulationAPI.sim_api import SimAPI
+
+    from sbi_lens.compat import lenstronomy_bin, lenstronomy_convolve
+    from sbi_lens.config import SurveyConfig
+
+    kwargs_band = SurveyConfig(bands=("g",)).band_settings()[0]
+    model = {"lens_light_model_list": ["SERSIC"]}
+    image_model = SimAPI(32, kwargs_band, model).image_model_class(
+        {"supersampling_factor": 2, "supersampling_convolution": False}
+    )
+    for numerics in (image_model.ImageNumerics, image_model.ImageNumerics._numerics_subframe):
+        x, y = numerics.coordinates_evaluate
+        flux = np.exp(-(x**2 + y**2) / 0.5)
+        np.testing.assert_array_equal(
+            lenstronomy_convolve(numerics, lenstronomy_bin(numerics, flux)),
+            numerics.re_size_convolve(flux),
+        )
