@@ -34,6 +34,7 @@ __all__ = [
     "Z_SOURCE",
     "Parameter",
     "ThetaColumns",
+    "as_theta_array",
     "parameter",
     "stack_theta",
     "theta_columns",
@@ -118,6 +119,29 @@ def theta_columns(theta) -> ThetaColumns:
             f"{list(PARAMETER_NAMES)}, got {tuple(theta.shape)}"
         )
     return ThetaColumns(*(theta[..., p.index] for p in PARAMETERS))
+
+
+def as_theta_array(theta):
+    """θ as a finite (N, 4) float64 numpy array (a torch tensor or one row (4,) accepted).
+
+    Raises:
+        ValueError: another shape, or NaN / inf values.
+    """
+    import numpy as np
+
+    if hasattr(theta, "detach"):  # torch tensor
+        theta = theta.detach().cpu().numpy()
+    theta = np.asarray(theta, dtype=float)
+    if theta.ndim == 1 and theta.shape[0] == len(PARAMETERS):
+        theta = theta[None]
+    if theta.ndim != 2 or theta.shape[1] != len(PARAMETERS):
+        raise ValueError(
+            f"theta must have shape (N, {len(PARAMETERS)}) with columns "
+            f"{list(PARAMETER_NAMES)}, got {theta.shape}"
+        )
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta contains NaN or inf")
+    return theta
 
 
 def stack_theta(columns: ThetaColumns):

@@ -30,7 +30,7 @@ from sbi_lens.lens_light import (
     sersic_index,
     size_evolution,
 )
-from sbi_lens.parameters import PARAMETER_NAMES, ThetaColumns, theta_columns
+from sbi_lens.parameters import ThetaColumns, as_theta_array, theta_columns
 from sbi_lens.photometry import (
     HERBEL_BLUE,
     HERBEL_RED,
@@ -180,15 +180,7 @@ class RandomStreams:
 
 # ------------------------------------------------------------------ checks
 def _check_theta(theta: np.ndarray) -> ThetaColumns:
-    theta = np.asarray(theta, dtype=float)
-    if theta.ndim != 2 or theta.shape[1] != len(PARAMETER_NAMES):
-        raise ValueError(
-            f"theta must have shape (N, {len(PARAMETER_NAMES)}) with columns "
-            f"{list(PARAMETER_NAMES)}, got {theta.shape}"
-        )
-    if not np.all(np.isfinite(theta)):
-        raise ValueError("theta contains NaN or inf")
-    lens = theta_columns(theta)
+    lens = theta_columns(as_theta_array(theta))
     if np.any(lens.z_lens <= 0) or np.any(lens.z_source <= lens.z_lens):
         raise ValueError("theta needs 0 < z_lens < z_source")
     if np.any(lens.theta_E <= 0) or np.any(lens.sigma_v <= 0):

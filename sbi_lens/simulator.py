@@ -25,7 +25,7 @@ import numpy as np
 from sbi_lens.compat import lenstronomy_bin, lenstronomy_convolve
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
-from sbi_lens.parameters import PARAMETER_NAMES, theta_columns
+from sbi_lens.parameters import as_theta_array, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
 from sbi_lens.selection import arc_snr, einstein_ring_resolved, passes_selection
 
@@ -68,22 +68,6 @@ def _as_rng(seed) -> np.random.Generator:
     if seed is None or isinstance(seed, (int, np.integer)):
         return np.random.default_rng(seed)
     raise ValueError(f"seed must be an int, None or a numpy Generator, got {type(seed).__name__}")
-
-
-def _as_theta(theta) -> np.ndarray:
-    if hasattr(theta, "detach"):  # torch tensor
-        theta = theta.detach().cpu().numpy()
-    theta = np.asarray(theta, dtype=float)
-    if theta.ndim == 1 and theta.shape[0] == len(PARAMETER_NAMES):
-        theta = theta[None]
-    if theta.ndim != 2 or theta.shape[1] != len(PARAMETER_NAMES):
-        raise ValueError(
-            f"theta must have shape (N, {len(PARAMETER_NAMES)}) with columns "
-            f"{list(PARAMETER_NAMES)}, got {theta.shape}"
-        )
-    if not np.all(np.isfinite(theta)):
-        raise ValueError("theta contains NaN or inf")
-    return theta
 
 
 class LensSimulator:
@@ -175,7 +159,7 @@ class LensSimulator:
         """Nuisance draws for θ (see :func:`sbi_lens.population.draw_population`)."""
         prior = self.config.prior
         return draw_population(
-            _as_theta(theta),
+            as_theta_array(theta),
             self.config.population,
             self.config.survey,
             self._table,
@@ -251,7 +235,7 @@ class LensSimulator:
         """
         if band not in self.bands:
             raise ValueError(f"band {band!r} is not simulated; expected one of {self.bands}")
-        theta_row = _as_theta(theta_row)[0]
+        theta_row = as_theta_array(theta_row)[0]
         row = np.asarray(nuisance_row, dtype=float)
         kwargs_lens, kwargs_lens_light, kwargs_source = self._shape_kwargs(theta_row, row)
         lens_amp, source_amp = self._amplitudes(row, kwargs_lens_light, kwargs_source)
@@ -292,7 +276,7 @@ class LensSimulator:
             images (N, bands, H, W) and source (N, bands, H, W) float64 [e-/s per pixel];
             magnification (N,): lensed source flux in the cutout / unlensed flux.
         """
-        theta = _as_theta(theta)
+        theta = as_theta_array(theta)
         nuisance = self._check_nuisance(theta, nuisance)
         images = np.empty((len(theta), *self.image_shape))
         sources = np.empty_like(images)
@@ -329,7 +313,7 @@ class LensSimulator:
         Returns:
             columns (N, 2 + bands) float64 and resolved (N,) bool.
         """
-        theta = _as_theta(theta)
+        theta = as_theta_array(theta)
         snr = arc_snr(sources, self.noise_rms(images))  # (N, bands)
         best = np.argmax(snr, axis=1)
         source_size = np.asarray(nuisance)[:, self._index["source_R_sersic"]]
@@ -352,7 +336,7 @@ class LensSimulator:
         Returns:
             images (N, bands, H, W), nuisance (N, k) as :attr:`nuisance_names`, keep (N,) bool.
         """
-        nuisance = self._check_nuisance(_as_theta(theta), nuisance)
+        nuisance = self._check_nuisance(as_theta_array(theta), nuisance)
         images, sources, magnification = self.render_parts(theta, nuisance)
         columns, resolved = self.selection_columns(theta, nuisance, images, sources, magnification)
         keep = passes_selection(self.config.selection, columns[:, 0], columns[:, 1], resolved)
@@ -367,7 +351,7 @@ class LensSimulator:
         brightness and binning and the PSF only lower the peak, so no pixel of the
         source image exceeds its unlensed central surface brightness × pixel area.
         """
-        theta = _as_theta(theta)
+        theta = as_theta_array(theta)
         nuisance = self._check_nuisance(theta, nuisance)
         selection = self.config.selection
         keep = np.ones(len(theta), dtype=bool)
@@ -424,7 +408,7 @@ class LensSimulator:
         Raises:
             ValueError: bad θ shape/values, seed type or nuisance shape.
         """
-        theta = _as_theta(theta)
+        theta = as_theta_array(theta)
         rng = _as_rng(seed)
         if nuisance is None:
             nuisance = self.draw_nuisance(theta, rng).values
