@@ -101,6 +101,12 @@ def test_empty_config_file_is_an_error_naming_the_file(tmp_path):
         load_config(path)
 
 
+def test_a_directory_as_simulation_config_is_one_line(tmp_path, capsys):
+    assert _simulate(tmp_path, tmp_path / "s.zarr") == 2
+    assert "is a directory, expected a YAML file" in _one_line_error(capsys)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_simulate_with_infinite_pixel_scale_exits_2_and_writes_nothing(tmp_path, capsys):
     config = tmp_path / "inf.yaml"
     config.write_text(TINY.replace("pixel_scale: 0.2", "pixel_scale: .inf"))
