@@ -160,11 +160,14 @@ class OODReference:
             )
         mean = reference.mean(0)
         centred = reference - mean
-        cov = centred.T @ centred / (len(reference) - 1)
-        # A small ridge keeps dead or collinear features from blowing up the whitening.
-        ridge = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-12))
-        cov = cov + ridge * torch.eye(len(cov), dtype=cov.dtype)
-        whitening = torch.linalg.inv(torch.linalg.cholesky(cov))
+        # Whiten the correlation matrix, so features of any scale count alike; a small
+        # ridge keeps collinear features from blowing up the whitening, and a constant
+        # (dead) feature keeps unit scale.
+        std = centred.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        corr = (centred / std).T @ (centred / std) / (len(reference) - 1)
+        corr = corr + 1e-6 * torch.eye(len(corr), dtype=corr.dtype)
+        whitening = torch.linalg.inv(torch.linalg.cholesky(corr)) / std
         partial = cls(
             mean, whitening, centred @ whitening.T, torch.empty(0), min(k, len(reference))
         )
