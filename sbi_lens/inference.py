@@ -286,13 +286,16 @@ def check_noise_levels(
         warnings.warn(message, InputMismatchWarning, stacklevel=2)
 
 
-def ood_pvalues(folder, posterior, x: np.ndarray) -> np.ndarray | None:
+def ood_pvalues(
+    folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHOLD
+) -> np.ndarray | None:
     """(N,) p-values that each cutout comes from the model's training distribution.
 
     Args:
         folder: the :class:`~sbi_lens.model_folder.ModelFolder`.
         posterior: its posterior (for the embedding network).
         x: (N, bands, H, W) cutouts.
+        threshold: the warning threshold; one warning if no p-value can fall below it.
 
     Returns:
         The p-values, or None (with one warning) for a model trained without an OOD
@@ -309,6 +312,15 @@ def ood_pvalues(folder, posterior, x: np.ndarray) -> np.ndarray | None:
             stacklevel=2,
         )
         return None
+    if 0 < threshold <= reference.smallest_pvalue:
+        warnings.warn(
+            f"{folder.path}: its OOD reference holds {len(reference.null_scores)} held-out "
+            f"lenses, so no p-value falls below {reference.smallest_pvalue:.3g} and "
+            f"ood_threshold={threshold:g} never warns; raise it, or train with more "
+            "validation lenses",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
     return reference.pvalues(ood_features(embedding, x))
 
@@ -401,7 +413,7 @@ def run_inference(
     )
     posterior = folder.load_posterior(device=device)
     check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
-    pvalues = ood_pvalues(folder, posterior, x)
+    pvalues = ood_pvalues(folder, posterior, x, ood_threshold)
     _warn_out_of_distribution(cutouts, pvalues, ood_threshold)
     with claim_output_folder(out, "inference"):
         summaries = _sample_and_write(

@@ -127,12 +127,14 @@ class StoreOOD:
 
 @dataclass(frozen=True)
 class OODReference:
-    """Reference embeddings and the calibrated null distribution of the statistic.
+    """Reference features and the calibrated null distribution of the statistic.
+
+    Features are what :func:`ood_features` returns (F per lens).
 
     Attributes:
-        mean: (E,) mean of the reference embeddings.
-        whitening: (E, E) matrix W with ``(e - mean) @ W.T`` of identity covariance.
-        reference: (R, E) whitened reference embeddings.
+        mean: (F,) mean of the reference features.
+        whitening: (F, F) matrix W with ``(f - mean) @ W.T`` of identity covariance.
+        reference: (R, F) whitened reference features.
         null_scores: (M,) statistics of held-out lenses, sorted ascending.
         k: the neighbour whose distance is the statistic.
     """
@@ -148,15 +150,15 @@ class OODReference:
         """Whiten on ``reference`` and calibrate the statistic on ``null``.
 
         Args:
-            reference: (R, E) embeddings of training lenses.
-            null: (M, E) embeddings of held-out lenses (not in ``reference``).
+            reference: (R, F) features of training lenses.
+            null: (M, F) features of held-out lenses (not in ``reference``).
             k: the neighbour whose distance is the statistic (capped at R).
         """
         reference = torch.as_tensor(reference, dtype=torch.float64)
         if reference.dim() != 2 or len(reference) < 2 or len(null) < 1:
             raise ValueError(
                 f"reference has shape {tuple(reference.shape)} and null {len(null)} rows: "
-                "needs (R ≥ 2, E) reference embeddings and at least one null embedding"
+                "needs (R ≥ 2, F) reference features and at least one null row"
             )
         mean = reference.mean(0)
         centred = reference - mean
@@ -175,10 +177,10 @@ class OODReference:
         return cls(partial.mean, whitening, partial.reference, null_scores, partial.k)
 
     def scores(self, embeddings: Tensor, batch_size: int = 1024) -> Tensor:
-        """(N,) statistic: whitened distance to the k-th nearest reference embedding.
+        """(N,) statistic: whitened distance to the k-th nearest reference lens.
 
         Args:
-            embeddings: (N, E) embeddings.
+            embeddings: (N, F) features.
         """
         z = (torch.as_tensor(embeddings, dtype=torch.float64) - self.mean) @ self.whitening.T
         out = [
@@ -187,8 +189,13 @@ class OODReference:
         ]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
+    @property
+    def smallest_pvalue(self) -> float:
+        """The smallest p-value the null set can give, ``1 / (1 + n_null)``."""
+        return 1.0 / (1.0 + len(self.null_scores))
+
     def pvalues(self, embeddings: Tensor) -> np.ndarray:
-        """(N,) p-values that each embedding comes from the training distribution.
+        """(N,) p-values that each lens's features come from the training distribution.
 
         The smallest possible value is ``1 / (1 + n_null)``.
         """
@@ -201,7 +208,7 @@ class OODReference:
         """Whole-sample test: are these lenses' statistics larger than held-out ones'?
 
         Args:
-            embeddings: (N, E) embeddings of the sample's lenses.
+            embeddings: (N, F) features of the sample's lenses.
         """
         from scipy.stats import mannwhitneyu
 

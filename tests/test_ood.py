@@ -210,6 +210,14 @@ def test_cli_threshold_and_warning_line(model, tmp_path, capsys):
     assert "--ood-threshold 1.5: must be in [0, 1)" in capsys.readouterr().err
 
 
+def test_a_threshold_no_pvalue_can_reach_is_said_once(model, tmp_path):
+    files, _ = _cutouts(model, tmp_path)
+    # 512 null lenses: p ≥ 1/513 ≈ 0.00195.
+    with pytest.warns(InputMismatchWarning, match=r"below 0.00195 and ood_threshold=0.001 never"):
+        run_inference(model[0], files, tmp_path / "out", num_samples=20, corner=False,
+                      echo=None, ood_threshold=0.001)  # fmt: skip
+
+
 def test_a_model_without_reference_is_run_with_one_warning(model, tmp_path):
     old = tmp_path / "old_model"
     shutil.copytree(model[0], old)
