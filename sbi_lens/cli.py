@@ -196,6 +196,12 @@ def _add_infer(sub) -> None:
         default="error",
         help="warn instead of stopping when a cutout's pixel noise is not the training data's",
     )
+    p.add_argument(
+        "--ood-threshold",
+        type=float,
+        default=0.01,
+        help="warn about cutouts whose out-of-distribution p-value is below this (0.01)",
+    )
     p.add_argument("--num-samples", type=_positive_int, default=1000, help="per lens (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -217,6 +223,7 @@ def _infer(args) -> int:
         assume_pixel_scale=args.assume_pixel_scale,
         extension=args.extension,
         noise_mismatch=args.noise_mismatch,
+        ood_threshold=args.ood_threshold,
         num_samples=args.num_samples,
         seed=args.seed,
         device=args.device,

@@ -6,6 +6,10 @@ written. It then draws posterior samples in batches with ``sample_batched`` and 
 per lens, ``<name>_samples.npz``, ``<name>_samples.csv`` and ``<name>_corner.png``,
 and over all lenses ``summary.csv`` and ``summary.json``. A table of the median and
 the central 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals is printed per lens.
+
+Each lens also gets ``ood_pvalue``, the p-value that its cutout comes from the
+model's training distribution (:mod:`sbi_lens.ood`); a value below ``ood_threshold``
+is warned about, naming the file.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from sbi_lens.parameters import PARAMETER_NAMES, PARAMETER_UNITS
 
 __all__ = [
     "NOISE_TOLERANCE",
+    "OOD_THRESHOLD",
     "PERCENTILES",
     "InputMismatchWarning",
     "check_noise_levels",
     "noise_levels",
+    "ood_pvalues",
     "training_noise_levels",
     "LensSummary",
     "format_table",
@@ -44,6 +50,8 @@ PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
 _KEYS = ("p2.5", "p16", "median", "p84", "p97.5")
 #: Largest factor between a cutout's pixel noise and the training images' that passes.
 NOISE_TOLERANCE = 2.0
+#: Default out-of-distribution p-value below which a cutout is warned about.
+OOD_THRESHOLD = 0.01
 _DECIMALS = {"z_lens": 3, "z_source": 3, "theta_E": 3, "sigma_v": 1}
 
 
@@ -62,6 +70,8 @@ class LensSummary:
         mean: (4,) posterior means.
         std: (4,) posterior standard deviations.
         files: Output files written for this lens.
+        ood_pvalue: p-value that the cutout comes from the training distribution
+            (None: the model has no OOD reference).
     """
 
     cutout: Cutout
@@ -69,6 +79,7 @@ class LensSummary:
     mean: np.ndarray
     std: np.ndarray
     files: tuple[Path, ...]
+    ood_pvalue: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready record: name, inputs, outputs and per-parameter statistics."""
@@ -83,12 +94,14 @@ class LensSummary:
             "pixel_scale": self.cutout.pixel_scale,
             "cropped": self.cutout.cropped,
             "outputs": [p.name for p in self.files],
+            "ood_pvalue": self.ood_pvalue,
             "parameters": parameters,
         }
 
     def as_row(self) -> dict:
         """Flat ``summary.csv`` row: ``theta_E_median``, ``theta_E_p16``, ..."""
         row = {"name": self.cutout.name, "files": ";".join(str(p) for p in self.cutout.sources)}
+        row["ood_pvalue"] = "" if self.ood_pvalue is None else self.ood_pvalue
         for j, name in enumerate(PARAMETER_NAMES):
             for i, key in enumerate(_KEYS):
                 row[f"{name}_{key}"] = float(self.percentiles[i, j])
@@ -164,6 +177,8 @@ def format_table(summary: LensSummary) -> str:
         values = [f"{summary.percentiles[i, j]:.{_DECIMALS[name]}f}" for i in order]
         unit = PARAMETER_UNITS[name] or "-"
         lines.append("  {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}  {}".format(name, *values, unit))
+    if summary.ood_pvalue is not None:
+        lines.append(f"  out-of-distribution p-value: {summary.ood_pvalue:.3g}")
     return "\n".join(lines)
 
 
@@ -271,6 +286,63 @@ def check_noise_levels(
         warnings.warn(message, InputMismatchWarning, stacklevel=2)
 
 
+def ood_pvalues(
+    folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHOLD
+) -> np.ndarray | None:
+    """(N,) p-values that each cutout comes from the model's training distribution.
+
+    Args:
+        folder: the :class:`~sbi_lens.model_folder.ModelFolder`.
+        posterior: its posterior (for the embedding network).
+        x: (N, bands, H, W) cutouts.
+        threshold: the warning threshold; one warning if no p-value can fall below it.
+
+    Returns:
+        The p-values, or None (with one warning) for a model trained without an OOD
+        reference.
+    """
+    from sbi_lens.ood import ood_features
+
+    reference = folder.load_ood_reference()
+    if reference is None:
+        warnings.warn(
+            f"{folder.path}: no ood_reference.pt (trained before sbi-lens had an "
+            "out-of-distribution check); ood_pvalue is left empty; retrain to get it",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+        return None
+    if 0 < threshold <= reference.smallest_pvalue:
+        warnings.warn(
+            f"{folder.path}: its OOD reference holds {len(reference.null_scores)} held-out "
+            f"lenses, so no p-value falls below {reference.smallest_pvalue:.3g} and "
+            f"ood_threshold={threshold:g} never warns; raise it, or train with more "
+            "validation lenses",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+    embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
+    return reference.pvalues(ood_features(embedding, x))
+
+
+def _warn_out_of_distribution(
+    cutouts: Sequence[Cutout], pvalues: np.ndarray | None, threshold: float
+) -> None:
+    """One warning per cutout whose OOD p-value is below ``threshold``."""
+    if pvalues is None:
+        return
+    for cutout, p in zip(cutouts, pvalues, strict=True):
+        if p < threshold:
+            warnings.warn(
+                f"{cutout.sources[0]}: out-of-distribution p-value {p:.3g} < {threshold:g}: "
+                "the cutout is unlike the model's training simulations (a star or artefact, "
+                "another depth or PSF, misaligned bands, no lensed source?); treat its "
+                "posterior with caution (docs/inference.md)",
+                InputMismatchWarning,
+                stacklevel=3,
+            )
+
+
 def run_inference(
     model_dir: str | Path,
     images: Sequence[str | Path],
@@ -281,6 +353,7 @@ def run_inference(
     assume_pixel_scale: bool = False,
     extension: str | int | None = None,
     noise_mismatch: str = "error",
+    ood_threshold: float = OOD_THRESHOLD,
     num_samples: int = 1000,
     seed: int = 0,
     device: str = "cpu",
@@ -304,6 +377,8 @@ def run_inference(
         extension: Image HDU of multi-extension files (EXTNAME or index).
         noise_mismatch: ``error`` (default) or ``warn`` when a cutout's pixel noise
             differs from the training images' by more than a factor 2.
+        ood_threshold: warn about cutouts whose out-of-distribution p-value is below
+            this (each lens's p-value is written to the summaries either way).
         num_samples: Posterior samples per lens.
         seed: Seed of the posterior draws.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -319,7 +394,7 @@ def run_inference(
     """
     from sbi_lens.model_folder import ModelFolder
 
-    _check_arguments(num_samples, batch_size, noise_mismatch)
+    _check_arguments(num_samples, batch_size, noise_mismatch, ood_threshold)
     out = Path(out)
     if (out / "summary.json").exists():
         raise ValueError(
@@ -338,9 +413,11 @@ def run_inference(
     )
     posterior = folder.load_posterior(device=device)
     check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
+    pvalues = ood_pvalues(folder, posterior, x, ood_threshold)
+    _warn_out_of_distribution(cutouts, pvalues, ood_threshold)
     with claim_output_folder(out, "inference"):
         summaries = _sample_and_write(
-            posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo
+            posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo, pvalues
         )
         meta = {
             "model": str(model_dir),
@@ -354,12 +431,15 @@ def run_inference(
             "bands": list(spec.bands),
             "image_shape": list(spec.image_shape),
             "pixel_scale": spec.pixel_scale,
+            "ood_threshold": ood_threshold,
         }
         _write_summaries(out, summaries, meta)
     return summaries
 
 
-def _sample_and_write(posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo):
+def _sample_and_write(
+    posterior, cutouts, x, out, num_samples, seed, batch_size, corner, echo, pvalues
+):
     """Sample the cutouts batch by batch; write each lens's files; return the summaries."""
     summaries = []
     for start in range(0, len(cutouts), batch_size):
@@ -368,16 +448,21 @@ def _sample_and_write(posterior, cutouts, x, out, num_samples, seed, batch_size,
         )
         for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
             files = _write_lens(out, cutout, samples, corner)
-            summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files)))
+            p = None if pvalues is None else float(pvalues[len(summaries)])
+            summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files), p))
             if echo is not None:
                 echo(format_table(summaries[-1]))
     return summaries
 
 
-def _check_arguments(num_samples: int, batch_size: int, noise_mismatch: str) -> None:
+def _check_arguments(
+    num_samples: int, batch_size: int, noise_mismatch: str, ood_threshold: float
+) -> None:
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: must be at least 2")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     if noise_mismatch not in ("error", "warn"):
         raise ValueError(f"noise_mismatch={noise_mismatch!r}: expected 'error' or 'warn'")
+    if not 0 <= ood_threshold < 1:
+        raise ValueError(f"ood_threshold={ood_threshold}: must be in [0, 1) (0 never warns)")

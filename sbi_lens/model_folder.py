@@ -2,7 +2,8 @@
 
 A MODEL folder holds ``model.json`` (simulation and training configs, image layout,
 versions), ``weights.pt`` (the best state dict), ``checkpoint.pt`` (the last epoch,
-for resuming), ``history.csv`` and ``training_curve.png``. A saved model is
+for resuming), ``history.csv``, ``training_curve.png`` and ``ood_reference.pt`` (the
+out-of-distribution test's reference, :mod:`sbi_lens.ood`). A saved model is
 hyperparameters (``model.json``) plus array values (``weights.pt``): loading it
 rebuilds the modules from the former and fills them from the latter, with no data.
 """
@@ -107,6 +108,10 @@ class ModelFolder:
     def history_path(self) -> Path:
         return self.path / "history.csv"
 
+    @property
+    def ood_path(self) -> Path:
+        return self.path / "ood_reference.pt"
+
     def holds_model(self) -> bool:
         """Whether the folder already has a ``model.json``."""
         return self.info_path.exists()
@@ -193,6 +198,18 @@ class ModelFolder:
         if not self.checkpoint_path.exists():
             raise ValueError(f"resume=True: {self.checkpoint_path} does not exist")
         return _load_tensors(self.checkpoint_path, device)
+
+    def save_ood_reference(self, reference) -> None:
+        """Write ``ood_reference.pt`` from an :class:`~sbi_lens.ood.OODReference`."""
+        _save_atomic(reference.to_dict(), self.ood_path)
+
+    def load_ood_reference(self):
+        """The :class:`~sbi_lens.ood.OODReference`, or None for a model trained without one."""
+        from sbi_lens.ood import OODReference
+
+        if not self.ood_path.exists():
+            return None
+        return OODReference.from_dict(_load_tensors(self.ood_path, "cpu"))
 
     # ---- history --------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:

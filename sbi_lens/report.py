@@ -1,12 +1,16 @@
 """Diagnose a trained posterior on a held-out store and write one report folder.
 
-A REPORT folder holds ``metrics.json`` (the full :class:`DiagnosticsReport`),
-``report.md`` (tables and figures), and the PNG figures.
+A REPORT folder holds ``metrics.json`` (the full :class:`DiagnosticsReport`, plus
+``out_of_distribution``: whether the store's lenses look like the model's training
+simulations, :mod:`sbi_lens.ood`), ``report.md`` (tables and figures), and the PNG
+figures.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +19,10 @@ from sbi_lens.model_folder import ModelFolder, ModelInfo
 from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.store import SimulationStore
 
-__all__ = ["check_store_matches_model", "diagnose"]
+__all__ = ["check_store_matches_model", "diagnose", "store_out_of_distribution"]
+
+#: Store-level OOD p-value below which diagnose warns.
+_STORE_OOD_WARNING = 0.01
 
 
 def check_store_matches_model(store: SimulationStore, info: ModelInfo) -> None:
@@ -91,18 +98,60 @@ def diagnose(
             c2st=c2st,
         )
         elapsed = time.perf_counter() - start
-        figures, summary = _write_report(out_dir, report, posterior, x, folder, store, elapsed)
+        ood = store_out_of_distribution(folder, posterior, x, store.path)
+        figures, summary = _write_report(out_dir, report, posterior, x, folder, store, elapsed, ood)
     return report, figures, summary
 
 
-def _write_report(out_dir: Path, report, posterior, x, folder, store, elapsed: float):
+def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
+    """Whether a set of lenses looks like the model's training simulations.
+
+    Args:
+        folder: the MODEL folder (for its ``ood_reference.pt``).
+        posterior: its posterior (for the embedding network).
+        x: (N, bands, H, W) the lenses' images.
+        name: what to call the set in a warning (a store's path).
+
+    Returns:
+        A :class:`~sbi_lens.ood.StoreOOD`, or None (with one warning) for a model
+        trained without an OOD reference. Warns when the store's p-value is below 0.01.
+    """
+    from sbi_lens.inference import InputMismatchWarning
+    from sbi_lens.ood import ood_features
+
+    reference = folder.load_ood_reference()
+    if reference is None:
+        warnings.warn(
+            f"{folder.path}: no ood_reference.pt (trained before sbi-lens had an "
+            "out-of-distribution check); the report has none; retrain to get it",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+        return None
+    embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
+    result = reference.store_test(ood_features(embedding, x))
+    if result.pvalue < _STORE_OOD_WARNING:
+        warnings.warn(
+            f"{name}: its lenses are unlike the model's training simulations "
+            f"(out-of-distribution p-value {result.pvalue:.3g}; "
+            f"{100 * result.fraction_below_005:.1f} % of lenses have p < 0.05, about 5 % "
+            "expected); the diagnostics describe the model on other data than it learnt",
+            InputMismatchWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _write_report(out_dir: Path, report, posterior, x, folder, store, elapsed: float, ood):
     """metrics.json, the figures and report.md; returns (figure paths, summary text)."""
     from sbi_lens.compat import posterior_device
     from sbi_lens.diagnostics import format_summary
     from sbi_lens.plots import write_report_figures
 
     num_samples = report.num_samples
-    (out_dir / "metrics.json").write_text(report.to_json())
+    metrics = json.loads(report.to_json())
+    metrics["out_of_distribution"] = None if ood is None else ood.as_dict()
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with torch.no_grad():
         x_first = torch.as_tensor(x[:1]).to(posterior_device(posterior))
         lens_samples = posterior.sample((num_samples,), x=x_first, show_progress_bars=False)
@@ -115,7 +164,7 @@ def _write_report(out_dir: Path, report, posterior, x, folder, store, elapsed: f
         history=history if history.exists() else None,
     )
     summary = format_summary(report)
-    _write_markdown(out_dir, report, summary, figures, folder.path, store, elapsed)
+    _write_markdown(out_dir, report, summary, figures, folder.path, store, elapsed, ood)
     return figures, summary
 
 
@@ -123,7 +172,23 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _write_markdown(out_dir, report, summary, figures, model_dir, store, elapsed) -> None:
+def _ood_lines(ood) -> list[str]:
+    """The report's section on whether the store is like the training simulations."""
+    lines = ["## Is this store like the training data?", ""]
+    if ood is None:
+        return lines + ["The model has no out-of-distribution reference (retrain to get one).", ""]
+    verdict = (
+        "no: the lenses are unlike" if ood.pvalue < _STORE_OOD_WARNING else "yes: consistent with"
+    )
+    return lines + [
+        f"- Store-level p-value: {ood.pvalue:.3g} ({verdict} the training simulations)",
+        f"- Lenses with a per-cutout p-value below 0.05: {100 * ood.fraction_below_005:.1f} % "
+        f"of {ood.num_lenses} (about 5 % for a store like the training set)",
+        "",
+    ]
+
+
+def _write_markdown(out_dir, report, summary, figures, model_dir, store, elapsed, ood) -> None:
     rows = [
         "| parameter | R² (mean) | R² (median) | RMSE | bias | 68 % width | 95 % width | "
         "coverage 68 % | coverage 95 % |",
@@ -163,6 +228,7 @@ def _write_markdown(out_dir, report, summary, figures, model_dir, store, elapsed
         "",
         "How to read these: `docs/diagnostics.md`.",
         "",
+        *_ood_lines(ood),
         "## Summary table",
         "",
         "```",

@@ -416,8 +416,34 @@ def _progress_bar(config: TrainConfig, first_epoch: int):
     return tqdm(total=config.epochs, initial=first_epoch, unit="epoch", desc="train")
 
 
+def _fit_ood_reference(run: _Run) -> dict:
+    """Embed reference and held-out lenses with the best weights: ``ood_reference.pt``.
+
+    Returns:
+        What ``model.json`` records about it (empty when nothing was written).
+    """
+    from sbi_lens.ood import fit_reference
+
+    if not run.folder.weights_path.exists():
+        return {}
+    best = run.folder.load_estimator(device=str(run.device))
+    reference = fit_reference(best.embedding_net, run.store, run.train_chunks, run.val_chunks)
+    if reference is None:
+        return {}
+    run.folder.save_ood_reference(reference)
+    return {
+        "ood_reference": {
+            "file": run.folder.ood_path.name,
+            "num_reference": len(reference.reference),
+            "num_null": len(reference.null_scores),
+            "k": reference.k,
+        }
+    }
+
+
 def _finish(run: _Run, state: TrainState) -> TrainResult:
-    """Mark the model trained in ``model.json``, draw the curve, report the result."""
+    """Fit the OOD reference, mark the model trained in ``model.json``, draw the curve."""
+    ood = _fit_ood_reference(run)
     run.folder.write_info(
         run.store,
         run.config,
@@ -428,6 +454,7 @@ def _finish(run: _Run, state: TrainState) -> TrainResult:
             "num_train_chunks": int(len(run.train_chunks)),
             "num_val_chunks": int(len(run.val_chunks)),
             **_chunk_record(run),
+            **ood,
         },
     )
     if state.history:

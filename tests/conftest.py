@@ -22,12 +22,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-def write_ring_store(path, num=512, chunk_size=64, size=32, seed=0):
+def write_ring_store(path, num=512, chunk_size=64, size=32, seed=0, ring=20.0):
     """A small store of analytic ring images (no lenstronomy): fast training data.
 
     Each image is a Gaussian ring of radius θ_E whose per-band brightness follows the
     redshifts, plus a σ_v-dependent central blob and unit Gaussian noise, so every
-    parameter leaves a trace in the pixels.
+    parameter leaves a trace in the pixels. ``ring`` is the ring's peak brightness
+    (0: lens galaxies without a lensed source).
     """
     import numpy as np
 
@@ -60,11 +61,11 @@ def write_ring_store(path, num=512, chunk_size=64, size=32, seed=0):
         n = rows.stop - rows.start
         theta = prior.sample((n,), generator=torch.Generator().manual_seed(seed * 1000 + k)).numpy()
         z_l, z_s, theta_e, sigma_v = (theta[:, i, None, None] for i in range(4))
-        ring = np.exp(-0.5 * ((radius - theta_e) / 0.15) ** 2)
+        arc = np.exp(-0.5 * ((radius - theta_e) / 0.15) ** 2)
         blob = np.exp(-0.5 * (radius / 0.5) ** 2) * (sigma_v / 100) ** 2
         bands = []
         for colour in (0.5, 1.0, 1.5):
-            bands.append(20 * ring * colour ** (z_s - 1) + 5 * blob * colour ** (2 * z_l))
+            bands.append(ring * arc * colour ** (z_s - 1) + 5 * blob * colour ** (2 * z_l))
         x = np.stack(bands, axis=1) + rng.normal(size=(n, 3, size, size))
         store.write_chunk(k, theta, x.astype(np.float32), np.zeros((n, 1), np.float32))
     return SimulationStore.open(path)

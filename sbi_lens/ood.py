@@ -1,0 +1,282 @@
+"""Is a cutout like the training simulations? Out-of-distribution p-values.
+
+The test lives in the model's own embedding network: its output (the summary the
+flow conditions on) and the pooled activations of each of its stages
+(:func:`ood_features`), whitened with the mean and covariance of reference
+features. A cutout's statistic is its distance to the k-th nearest reference: large
+when the network has never seen anything like it (a saturated star, another noise
+level, a misregistered band, no arc).
+
+The statistic is calibrated, not assumed: at the end of training, the reference is
+embedded from training lenses and the statistic is computed for validation lenses
+the network never learnt from (the null set). A new cutout drawn from the same
+simulator is exchangeable with the null lenses, so its p-value
+
+    p = (1 + #{null statistics ≥ s}) / (1 + n_null)
+
+is valid (P(p ≤ α) ≤ α) without any distributional assumption (a conformal p-value).
+A whole store is tested by comparing its statistics with the null set's
+(one-sided Mann-Whitney U), exchangeable under the same hypothesis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "K_NEIGHBOURS",
+    "NULL_LENSES",
+    "REFERENCE_LENSES",
+    "OODReference",
+    "StoreOOD",
+    "ood_features",
+    "fit_reference",
+]
+
+#: Neighbour whose distance is the statistic (robust to a single close reference).
+K_NEIGHBOURS = 5
+#: Training lenses embedded as the reference (at most).
+REFERENCE_LENSES = 2048
+#: Validation lenses whose statistics form the null distribution (at most).
+NULL_LENSES = 2048
+
+
+def _pool(h: Tensor) -> Tensor:
+    """(N, 3C) spatial mean, maximum and standard deviation of (N, C, H, W) maps."""
+    return torch.cat((h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1)), h.std(dim=(-2, -1))), dim=-1)
+
+
+def _layers(embedding_net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The stem and every residual block of a LensResNet inside ``embedding_net``."""
+    from sbi_lens.nn.embedding import LensResNet
+
+    for module in embedding_net.modules():
+        if isinstance(module, LensResNet):
+            return [module.stem, *module.stages]
+    return []
+
+
+@torch.no_grad()
+def ood_features(embedding_net: torch.nn.Module, x, batch_size: int = 256) -> Tensor:
+    """Features the test compares: every stage's pooled activations and the embedding.
+
+    The embedding alone keeps only what predicts θ; a cutout unlike the training set
+    often differs in directions it discards (noise texture, a misaligned band). The
+    spatial mean, maximum and standard deviation of each stage's feature maps keep
+    those, as in multi-layer feature-space OOD detectors (Lee et al. 2018). An
+    embedding other than a LensResNet contributes its output only.
+
+    Args:
+        embedding_net: the estimator's embedding (its input scaling included).
+        x: (N, bands, H, W) images (numpy or tensor) in the survey's flux units.
+        batch_size: images per forward pass.
+
+    Returns:
+        (N, F) float64 features on the CPU.
+    """
+    device = next(embedding_net.parameters()).device
+    pooled: list[Tensor] = []
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: pooled.append(_pool(out)))
+        for layer in _layers(embedding_net)
+    ]
+    was_training = embedding_net.training
+    embedding_net.eval()
+    parts = []
+    try:
+        for start in range(0, len(x), batch_size):
+            batch = torch.as_tensor(np.asarray(x[start : start + batch_size]), dtype=torch.float32)
+            pooled.clear()
+            out = embedding_net(batch.to(device))
+            parts.append(torch.cat([*pooled, out], dim=-1).double().cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
+        embedding_net.train(was_training)
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class StoreOOD:
+    """Whether a set of lenses (a store, a real sample) looks like the training set.
+
+    Attributes:
+        pvalue: one-sided Mann-Whitney U p-value that the lenses' statistics are no
+            larger than the held-out simulations' (small: unlike the training set).
+        fraction_below_005: share of lenses whose own p-value is below 0.05
+            (≈ 0.05 for a sample like the training set).
+        num_lenses: lenses tested.
+    """
+
+    pvalue: float
+    fraction_below_005: float
+    num_lenses: int
+
+    def as_dict(self) -> dict:
+        """JSON-ready record."""
+        return {
+            "pvalue": self.pvalue,
+            "fraction_below_0.05": self.fraction_below_005,
+            "num_lenses": self.num_lenses,
+        }
+
+
+@dataclass(frozen=True)
+class OODReference:
+    """Reference features and the calibrated null distribution of the statistic.
+
+    Features are what :func:`ood_features` returns (F per lens).
+
+    Attributes:
+        mean: (F,) mean of the reference features.
+        whitening: (F, F) matrix W with ``(f - mean) @ W.T`` of identity covariance.
+        reference: (R, F) whitened reference features.
+        null_scores: (M,) statistics of held-out lenses, sorted ascending.
+        k: the neighbour whose distance is the statistic.
+    """
+
+    mean: Tensor
+    whitening: Tensor
+    reference: Tensor
+    null_scores: Tensor
+    k: int
+
+    @classmethod
+    def fit(cls, reference: Tensor, null: Tensor, k: int = K_NEIGHBOURS) -> OODReference:
+        """Whiten on ``reference`` and calibrate the statistic on ``null``.
+
+        Args:
+            reference: (R, F) features of training lenses.
+            null: (M, F) features of held-out lenses (not in ``reference``).
+            k: the neighbour whose distance is the statistic (capped at R).
+        """
+        reference = torch.as_tensor(reference, dtype=torch.float64)
+        if reference.dim() != 2 or len(reference) < 2 or len(null) < 1:
+            raise ValueError(
+                f"reference has shape {tuple(reference.shape)} and null {len(null)} rows: "
+                "needs (R ≥ 2, F) reference features and at least one null row"
+            )
+        mean = reference.mean(0)
+        centred = reference - mean
+        # Whiten the correlation matrix, so features of any scale count alike; a small
+        # ridge keeps collinear features from blowing up the whitening, and a constant
+        # (dead) feature keeps unit scale.
+        std = centred.std(0)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        corr = (centred / std).T @ (centred / std) / (len(reference) - 1)
+        corr = corr + 1e-6 * torch.eye(len(corr), dtype=corr.dtype)
+        whitening = torch.linalg.inv(torch.linalg.cholesky(corr)) / std
+        partial = cls(
+            mean, whitening, centred @ whitening.T, torch.empty(0), min(k, len(reference))
+        )
+        null_scores = torch.sort(partial.scores(null)).values
+        return cls(partial.mean, whitening, partial.reference, null_scores, partial.k)
+
+    def scores(self, embeddings: Tensor, batch_size: int = 1024) -> Tensor:
+        """(N,) statistic: whitened distance to the k-th nearest reference lens.
+
+        Args:
+            embeddings: (N, F) features.
+        """
+        z = (torch.as_tensor(embeddings, dtype=torch.float64) - self.mean) @ self.whitening.T
+        out = [
+            torch.cdist(z[i : i + batch_size], self.reference).kthvalue(self.k, dim=1).values
+            for i in range(0, len(z), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+
+    @property
+    def smallest_pvalue(self) -> float:
+        """The smallest p-value the null set can give, ``1 / (1 + n_null)``."""
+        return 1.0 / (1.0 + len(self.null_scores))
+
+    def pvalues(self, embeddings: Tensor) -> np.ndarray:
+        """(N,) p-values that each lens's features come from the training distribution.
+
+        The smallest possible value is ``1 / (1 + n_null)``.
+        """
+        scores = self.scores(embeddings).numpy()
+        null = self.null_scores.numpy()
+        at_least = len(null) - np.searchsorted(null, scores, side="left")
+        return (1.0 + at_least) / (1.0 + len(null))
+
+    def store_test(self, embeddings: Tensor) -> StoreOOD:
+        """Whole-sample test: are these lenses' statistics larger than held-out ones'?
+
+        Args:
+            embeddings: (N, F) features of the sample's lenses.
+        """
+        from scipy.stats import mannwhitneyu
+
+        scores = self.scores(embeddings).numpy()
+        pvalue = mannwhitneyu(scores, self.null_scores.numpy(), alternative="greater").pvalue
+        fraction = float(np.mean(self.pvalues(embeddings) < 0.05))
+        return StoreOOD(float(pvalue), fraction, len(scores))
+
+    def to_dict(self) -> dict:
+        """Tensors and ints only, for ``torch.save`` / ``torch.load(weights_only=True)``."""
+        return {
+            "mean": self.mean,
+            "whitening": self.whitening,
+            "reference": self.reference,
+            "null_scores": self.null_scores,
+            "k": self.k,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OODReference:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            data["mean"].double(),
+            data["whitening"].double(),
+            data["reference"].double(),
+            data["null_scores"].double(),
+            int(data["k"]),
+        )
+
+
+def _read_lenses(store, chunks, limit: int) -> np.ndarray:
+    """Images of the first ``limit`` lenses of ``chunks``, read chunk by chunk."""
+    parts, total = [], 0
+    for k in chunks:
+        if total >= limit:
+            break
+        parts.append(store.read_chunk(int(k))[1][: limit - total])
+        total += len(parts[-1])
+    return np.concatenate(parts) if parts else np.empty((0, 0))
+
+
+def fit_reference(
+    embedding_net: torch.nn.Module,
+    store,
+    reference_chunks,
+    null_chunks,
+    *,
+    num_reference: int = REFERENCE_LENSES,
+    num_null: int = NULL_LENSES,
+) -> OODReference | None:
+    """The OOD reference of a trained model, from its training store.
+
+    Args:
+        embedding_net: the trained estimator's embedding.
+        store: the training :class:`~sbi_lens.store.SimulationStore`.
+        reference_chunks: chunks the reference embeddings come from (training chunks).
+        null_chunks: chunks held out from training (validation chunks): the null set.
+        num_reference: at most this many reference lenses.
+        num_null: at most this many null lenses.
+
+    Returns:
+        The reference, or None when the chunks hold too few lenses (< 2 reference,
+        < 1 null).
+    """
+    reference = _read_lenses(store, reference_chunks, num_reference)
+    null = _read_lenses(store, null_chunks, num_null)
+    if len(reference) < 2 or len(null) < 1:
+        return None
+    return OODReference.fit(
+        ood_features(embedding_net, reference), ood_features(embedding_net, null)
+    )
