@@ -13,6 +13,25 @@ def _run_in_a_temporary_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+#: A two-band 32×32 simulation of 8-lens chunks: seconds per store (store and failure tests).
+TINY_SIMULATION = """
+name: tiny
+prior:
+  sigma_v: {kind: uniform, low: 180.0, high: 300.0}
+  theta_E_window: [0.5, 2.0]
+survey: {name: LSST, bands: [g, r], num_pixels: 32, pixel_scale: 0.2, supersampling: 1}
+chunk_size: 8
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    """The path of a YAML file holding :data:`TINY_SIMULATION`."""
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY_SIMULATION)
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -14,22 +14,6 @@ from sbi_lens.config import load_config
 from sbi_lens.parallel import run_simulation
 from sbi_lens.store import SimulationStore, StoreError
 
-TINY = """
-name: tiny
-prior:
-  sigma_v: {kind: uniform, low: 180.0, high: 300.0}
-  theta_E_window: [0.5, 2.0]
-survey: {name: LSST, bands: [g, r], num_pixels: 32, pixel_scale: 0.2, supersampling: 1}
-chunk_size: 8
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(TINY)
-    return path
-
 
 @pytest.fixture(scope="module")
 def reference_store(tiny_config, tmp_path_factory):
