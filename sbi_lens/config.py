@@ -271,6 +271,8 @@ class PopulationConfig(_Strict):
         lens_colour_sigma_slope: rest-frame g−r reddening per dex of σ_v (colour–σ
             relation, Bernardi et al. 2005), applied as an effective attenuation.
         lens_colour_sigma_pivot: σ_v [km/s] with no colour–σ reddening.
+        lens_colour_scatter: intrinsic rest-frame g−r scatter at fixed σ_v [mag] (as an
+            effective attenuation tilt, like the colour–σ relation).
         lens_dusty_fraction, lens_dusty_av: share of dusty early types and the range of
             their A_V [mag].
         lens_young_fraction, lens_young_mass_share: share of early types with a young
@@ -293,9 +295,10 @@ class PopulationConfig(_Strict):
     lens_sersic_scatter_dex: float = Field(0.1, ge=0, le=0.5)
     light_misalignment_deg: float = Field(10.0, ge=0, le=90)
     light_axis_ratio_scatter: float = Field(0.11, ge=0, le=0.5)
-    lens_sed_concentration: float = Field(5.0, gt=0, le=1000)
+    lens_sed_concentration: float = Field(100.0, gt=0, le=1000)
     lens_colour_sigma_slope: float = Field(0.26, ge=0, le=1)
     lens_colour_sigma_pivot: float = Field(180.0, gt=0)
+    lens_colour_scatter: float = Field(0.025, ge=0, le=0.15)
     lens_dusty_fraction: float = Field(0.10, ge=0, le=1)
     lens_dusty_av: tuple[float, float] = (0.2, 1.0)
     lens_young_fraction: float = Field(0.05, ge=0, le=1)

@@ -232,7 +232,9 @@ class TemplatePhotometry:
         reference: rest-frame filter that absolute magnitudes refer to
             (:data:`LENS_REFERENCE`, :data:`SOURCE_REFERENCE`).
         igm: apply the mean IGM transmission (for sources at z ≳ 2).
-        dust_grid: increasing A_V values [mag] starting at 0, or None (no dust).
+        dust_grid: increasing A_V values [mag] including 0, or None (no dust). Negative
+            nodes tilt the SED bluer by the same law (an effective attenuation used as a
+            stand-in for a metallicity difference, see ``population._lens_sed``).
         z_max: largest tabulated redshift.
         dlnz: grid step in ln(1+z). The default (0.0005, ~3900 nodes to z = 6) keeps
             the interpolation error below 0.003 mag in LSST ugrizy, Euclid VIS/H and
@@ -262,8 +264,8 @@ class TemplatePhotometry:
             raise ValueError(f"z_max={z_max}, dlnz={dlnz}: expected z_max > 0, 0 < dlnz < 0.1")
         grid = np.array([0.0] if dust_grid is None else dust_grid, dtype=float)
         too_short = dust_grid is not None and grid.size < 2
-        if grid[0] != 0.0 or np.any(np.diff(grid) <= 0) or too_short:
-            raise ValueError(f"dust_grid={list(grid)}: expected increasing A_V from 0")
+        if 0.0 not in grid or np.any(np.diff(grid) <= 0) or too_short:
+            raise ValueError(f"dust_grid={list(grid)}: expected increasing A_V including 0")
         self.dust_grid = None if dust_grid is None else grid
         self._dlnz = float(dlnz)
         nodes = int(np.ceil(np.log1p(z_max) / dlnz)) + 1
@@ -345,9 +347,10 @@ class TemplatePhotometry:
         if dust_av is not None:
             a_v = np.asarray(dust_av, dtype=float)
             if a_v.shape != z.shape or (
-                a_v.size and (a_v.min() < 0 or a_v.max() > self.dust_grid[-1])
+                a_v.size and (a_v.min() < self.dust_grid[0] or a_v.max() > self.dust_grid[-1])
             ):
-                raise ValueError(f"dust_av: expected shape {z.shape} within 0–{self.dust_grid[-1]}")
+                low, high = self.dust_grid[0], self.dust_grid[-1]
+                raise ValueError(f"dust_av: expected shape {z.shape} within {low}–{high}")
         return c, z
 
     def _z_nodes(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

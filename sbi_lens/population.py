@@ -61,6 +61,9 @@ MAX_LENS_ELLIPTICITY = 0.4  # |e| cap of the mass: axis ratio q ≥ 0.43
 MAX_SOURCE_ELLIPTICITY = 0.5  # q ≥ 0.33
 # A_V nodes of the tabulated dust attenuation; log flux is interpolated between them.
 DUST_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+# Lenses also take negative effective A_V: the intrinsic colour scatter at fixed σ_v
+# (a metallicity stand-in, see _lens_sed) tilts some SEDs bluer than the template mean.
+LENS_DUST_GRID = (-0.6, -0.3) + DUST_GRID
 
 BASE_NUISANCE_NAMES = (
     "lens_center_x",  # arcsec
@@ -127,7 +130,7 @@ def _cap_ellipticity(e1: np.ndarray, e2: np.ndarray, cap: float) -> tuple[np.nda
 def lens_photometry(survey: SurveyConfig, z_max: float) -> TemplatePhotometry:
     """Template photometry of lens galaxies in the survey's bands (built once per process)."""
     filters = band_filters(survey.name, survey.bands)
-    return cached_photometry(filters, LENS_REFERENCE, False, DUST_GRID, _z_max(z_max))
+    return cached_photometry(filters, LENS_REFERENCE, False, LENS_DUST_GRID, _z_max(z_max))
 
 
 def source_photometry(survey: SurveyConfig, z_max: float) -> TemplatePhotometry:
@@ -235,11 +238,15 @@ def _draw_lens(lens: ThetaColumns, config: PopulationConfig, streams, da_lens) -
 
 
 def _lens_sed(lens: ThetaColumns, config: PopulationConfig, streams) -> tuple[np.ndarray, dict]:
-    """Template coefficients (N, 5) of the lenses and their A_V column.
+    """Template coefficients (N, 5) of the lenses and their effective A_V column.
 
-    Red-sequence galaxies (Herbel et al. 2017) whose colour reddens with σ_v by an
-    effective attenuation (the colour–σ relation, Bernardi et al. 2005); a fraction is
-    dusty (redder), a fraction holds a young component (bluer, like S0s).
+    Red-sequence galaxies: Herbel et al. (2017)'s red model concentrated by κ (an age /
+    star-formation-history spread that is tight in the optical and, as in real early
+    types, larger in the rest-frame UV); the colour–σ relation (Bernardi et al. 2005)
+    and an intrinsic colour scatter at fixed σ_v, both as an effective Calzetti tilt
+    (a stand-in for the metallicity spread that causes them; negative = bluer than
+    the template mean); a fraction is dusty (redder), a fraction holds a young
+    component (bluer, like S0s).
     """
     n = len(lens.z_lens)
     coefficients = HERBEL_RED.draw(
@@ -253,15 +260,13 @@ def _lens_sed(lens: ThetaColumns, config: PopulationConfig, streams) -> tuple[np
     )
     share = config.lens_young_mass_share
     coefficients[is_young] = (1 - share) * coefficients[is_young] + share * young[is_young]
-    cmr = (
-        config.lens_colour_sigma_slope
-        / _GR_REDDENING_PER_AV
-        * np.log10(lens.sigma_v / config.lens_colour_sigma_pivot)
-    )
+    gr_offset = config.lens_colour_sigma_slope * np.log10(
+        lens.sigma_v / config.lens_colour_sigma_pivot
+    ) + config.lens_colour_scatter * streams.normal("lens_colour_scatter", n)
     low, high = config.lens_dusty_av
     dusty = low + (high - low) * streams.uniform("lens_dust", n)
-    a_v = np.clip(np.maximum(cmr, 0.0) + np.where(is_dusty, dusty, 0.0), 0.0, DUST_GRID[-1])
-    return coefficients, {"lens_dust_av": a_v}
+    a_v = gr_offset / _GR_REDDENING_PER_AV + np.where(is_dusty, dusty, 0.0)
+    return coefficients, {"lens_dust_av": np.clip(a_v, LENS_DUST_GRID[0], LENS_DUST_GRID[-1])}
 
 
 # Rest-frame SDSS g − r reddening per magnitude of A_V of the Calzetti et al. (2000) law

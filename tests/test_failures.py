@@ -75,6 +75,7 @@ def test_nan_in_any_physical_float_is_refused():
         ("prior:\n  z_lens: {kind: uniform, low: 0.1, high: .nan}\n", r"prior\.z_lens"),
         ("prior:\n  scatter: {mean: 1.0, std: .nan}\n", r"prior\.scatter\.std"),
         ("population:\n  source_mag_range: [-2.0, .inf]\n", r"population\.source_mag_range"),
+        ("population:\n  lens_colour_scatter: -0.1\n", r"population\.lens_colour_scatter"),
     ):
         with pytest.raises(ConfigError, match=field):
             load_config(text)

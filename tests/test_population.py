@@ -123,7 +123,9 @@ def test_lens_magnitudes_are_template_photometry_at_the_astropy_distance_modulus
     from sbi_lens.photometry import kcorrect_templates
 
     theta = _theta(6)
-    population = _draw(theta, seed=7)
+    no_tilt = {"lens_colour_sigma_slope": 0.0, "lens_colour_scatter": 0.0, "lens_dusty_fraction": 0}
+    population = _draw(theta, seed=7, population=CONFIG.population.model_copy(update=no_tilt))
+    np.testing.assert_array_equal(population.column("lens_dust_av"), 0.0)
     wavelength, templates = kcorrect_templates()
     coefficients = HERBEL_RED.draw(
         theta[:, 0],
@@ -133,8 +135,6 @@ def test_lens_magnitudes_are_template_photometry_at_the_astropy_distance_modulus
     r_sdss = speclite.filters.load_filter("sdss2010-r")
     r_lsst = speclite.filters.load_filter("lsst2023-r")
     for i in range(6):
-        if population.column("lens_dust_av")[i] > 0:
-            continue
         spectrum = coefficients[i] @ templates
         rest = r_sdss.get_ab_magnitude(spectrum, wavelength)
         observed = r_lsst.get_ab_magnitude(
@@ -186,23 +186,37 @@ def test_median_lens_colours_follow_an_independent_old_template_without_jumps():
 
 
 def test_red_sequence_scatter_and_photo_z_floor():
-    """Robust rms of g − r at fixed z_l is 0.03–0.08 mag where g is rest-frame optical
-    (z ≤ 0.5), and a 5-nearest-neighbour photo-z on noise-free g − r, r − i cannot beat
-    σ_NMAD/(1+z) = 0.02: the population, not the pipeline, limits it."""
+    """Robust rms of g − r about the median at fixed z_l (bins of 0.05) is 0.03–0.08 mag
+    for 0.1 ≤ z_l ≤ 1.0, also where g samples the rest-frame near-UV (z_l > 0.6), and a
+    5-nearest-neighbour photo-z on noise-free g − r, r − i cannot beat
+    σ_NMAD/(1+z) = 0.01: the population's scatter, not the pipeline, limits it. (Real red
+    galaxies give 0.017–0.03 *with* photometric noise: redMaGiC griz, LRGs gri.)"""
     from sklearn.neighbors import KNeighborsRegressor
 
     theta = _theta(5000, seed=9)
     population = _draw(theta, seed=9)
     gr = population.column("lens_mag_g") - population.column("lens_mag_r")
     ri = population.column("lens_mag_r") - population.column("lens_mag_i")
-    for z0 in (0.15, 0.25, 0.35, 0.45):
+    for z0 in np.arange(0.125, 1.0, 0.05):
         rows = np.abs(theta[:, 0] - z0) < 0.025
         robust = 1.4826 * np.median(np.abs(gr[rows] - np.median(gr[rows])))
         assert 0.03 <= robust <= 0.08, (z0, robust)
     colours, z = np.column_stack([gr, ri]), theta[:, 0]
     predicted = KNeighborsRegressor(5).fit(colours[:2500], z[:2500]).predict(colours[2500:])
     dz = (predicted - z[2500:]) / (1 + z[2500:])
-    assert 1.4826 * np.median(np.abs(dz - np.median(dz))) >= 0.02
+    assert 1.4826 * np.median(np.abs(dz - np.median(dz))) >= 0.01
+
+
+def test_colour_scatter_at_fixed_sigma_is_the_configured_one():
+    """At fixed z_l ≈ 0 and σ_v the rest-frame g − r scatter of the core (no outliers) is
+    the configured intrinsic scatter: the Dirichlet age spread adds almost nothing."""
+    n = 3000
+    survey = SurveyConfig(name="LSST", bands=("g", "r"))
+    theta = np.column_stack([np.full(n, 0.01), np.full(n, 1.0), np.full(n, 1.2), np.full(n, 250.0)])
+    pop = CONFIG.population.model_copy(update={"lens_young_fraction": 0.0, "lens_dusty_fraction": 0.0})
+    population = _draw(theta, seed=12, population=pop, survey=survey)
+    gr = population.column("lens_mag_g") - population.column("lens_mag_r")
+    assert np.std(gr) == pytest.approx(pop.lens_colour_scatter, rel=0.15)
 
 
 def test_colour_sigma_reddening_per_av_is_calzettis():
