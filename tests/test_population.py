@@ -213,7 +213,9 @@ def test_colour_scatter_at_fixed_sigma_is_the_configured_one():
     n = 3000
     survey = SurveyConfig(name="LSST", bands=("g", "r"))
     theta = np.column_stack([np.full(n, 0.01), np.full(n, 1.0), np.full(n, 1.2), np.full(n, 250.0)])
-    pop = CONFIG.population.model_copy(update={"lens_young_fraction": 0.0, "lens_dusty_fraction": 0.0})
+    pop = CONFIG.population.model_copy(
+        update={"lens_young_fraction": 0.0, "lens_dusty_fraction": 0.0}
+    )
     population = _draw(theta, seed=12, population=pop, survey=survey)
     gr = population.column("lens_mag_g") - population.column("lens_mag_r")
     assert np.std(gr) == pytest.approx(pop.lens_colour_scatter, rel=0.15)
