@@ -269,7 +269,8 @@ class PopulationConfig(_Strict):
         lens_sed_concentration: κ scaling the Dirichlet α of Herbel et al.'s red model:
             massive early types form a tighter sequence than all red galaxies.
         lens_colour_sigma_slope: rest-frame g−r reddening per dex of σ_v (colour–σ
-            relation, Bernardi et al. 2005), applied as an effective attenuation.
+            relation, Bernardi et al. 2003 IV and 2005), applied as an effective
+            attenuation.
         lens_colour_sigma_pivot: σ_v [km/s] with no colour–σ reddening.
         lens_colour_scatter: intrinsic rest-frame g−r scatter at fixed σ_v [mag] (as an
             effective attenuation tilt, like the colour–σ relation).

@@ -242,7 +242,7 @@ def _lens_sed(lens: ThetaColumns, config: PopulationConfig, streams) -> tuple[np
 
     Red-sequence galaxies: Herbel et al. (2017)'s red model concentrated by κ (an age /
     star-formation-history spread that is tight in the optical and, as in real early
-    types, larger in the rest-frame UV); the colour–σ relation (Bernardi et al. 2005)
+    types, larger in the rest-frame UV); the colour–σ relation (Bernardi et al. 2003, 2005)
     and an intrinsic colour scatter at fixed σ_v, both as an effective Calzetti tilt
     (a stand-in for the metallicity spread that causes them; negative = bluer than
     the template mean); a fraction is dusty (redder), a fraction holds a young

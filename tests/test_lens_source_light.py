@@ -79,6 +79,15 @@ def test_uv_luminosity_function_follows_the_measurements():
     np.testing.assert_allclose(alpha, [-1.21, -1.60, -1.73, -1.76])
 
 
+def test_uv_luminosity_function_has_the_evolution_arnouts_2005_state():
+    """Arnouts et al. (2005) abstract: ΔM* ≈ −2.0 mag from z = 0 to 1 and ≈ −1.0 mag from
+    z = 1 to 3; slopes −1.65 ≤ α ≤ −1.2 below z ≈ 1.2."""
+    m_star, alpha = uv_luminosity_function(np.array([0.055, 0.3, 0.5, 0.7, 1.0, 3.05]))
+    assert m_star[4] - m_star[0] == pytest.approx(-2.0, abs=0.15)
+    assert m_star[5] - m_star[4] == pytest.approx(-1.0, abs=0.2)
+    assert np.all((alpha[:5] >= -1.65) & (alpha[:5] <= -1.19))
+
+
 @pytest.mark.parametrize("alpha", [-1.2, -1.73])
 def test_schechter_sampler_matches_the_density(alpha):
     x = sample_schechter_offsets(alpha, (-2.0, 3.0), np.random.default_rng(4).random(200_000))
