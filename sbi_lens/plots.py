@@ -26,6 +26,7 @@ from sbi_lens.diagnostics import (
     TARPResult,
     r2_score,
 )
+from sbi_lens.display import asinh_stretch, colour_residual, lupton_rgb
 from sbi_lens.parameters import PARAMETERS, theta_columns
 
 __all__ = [
@@ -366,27 +367,12 @@ def plot_training_curve(
 # -------------------------------------------------------------------------- montage
 
 
-def _stretch(image: np.ndarray) -> np.ndarray:
-    """asinh stretch to [0, 1] between the 1st and 99.5th percentiles."""
-    lo, hi = np.percentile(image, [1.0, 99.5])
-    scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    return np.arcsinh(10 * scaled) / np.arcsinh(10)
-
-
-def _lupton_rgb(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
-    """Colour composite (Lupton et al. 2004, astropy's make_lupton_rgb).
-
-    The asinh softening sits at a few times the sky noise (estimated by the MAD of all
-    three bands) so faint arcs stay visible next to a bright lens galaxy.
-    """
-    from astropy.visualization import make_lupton_rgb
-
-    stack = np.stack([red, green, blue])
-    sky = np.median(stack)
-    noise = 1.4826 * np.median(np.abs(stack - sky))
-    peak = np.percentile(stack, 99.9) - sky
-    stretch = max(peak / 8.0, 3 * noise, 1e-12)
-    return make_lupton_rgb(red - sky, green - sky, blue - sky, minimum=0, stretch=stretch, Q=8)
+def _montage_title(theta_row: np.ndarray) -> str:
+    lens = theta_columns(theta_row)
+    return (
+        f"$z_l$={lens.z_lens:.2f} $z_s$={lens.z_source:.2f}\n"
+        f'$\\theta_E$={lens.theta_E:.2f}" $\\sigma_v$={lens.sigma_v:.0f} km/s'
+    )
 
 
 def plot_montage(
@@ -400,7 +386,10 @@ def plot_montage(
     """Grid of lens images, each titled with its parameters.
 
     Three or more bands (ordered blue to red) are shown as an RGB composite of the
-    reddest three; fewer as the first band in gray. Each image gets an asinh stretch.
+    reddest three (asinh, Lupton et al. 2004) beside a colour-difference image, the
+    bluest band minus the lens's colour times the reddest
+    (:func:`sbi_lens.display.colour_residual`), which removes the lens light and shows
+    the arcs. Fewer bands: the first in gray with an asinh stretch.
 
     Args:
         x: Images, (N, bands, H, W) in any flux unit.
@@ -423,27 +412,30 @@ def plot_montage(
     n = min(len(x), max_images)
     if n == 0:
         raise ValueError("x: expected at least one image")
+    colour = x.shape[1] >= 3
+    per_lens = 2 if colour else 1
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        ax.set_axis_off()
+    fig = Figure(figsize=(2.6 * ncols * per_lens * 0.8, 2.9 * nrows * 0.8), layout="constrained")
+    grid = fig.subfigures(nrows, ncols, squeeze=False).ravel()
+    for i, panel in enumerate(grid):
         if i >= n:
             continue
+        axes = panel.subplots(1, per_lens, squeeze=False).ravel()
+        for ax in axes:
+            ax.set_axis_off()
         img = x[i]
-        if img.shape[0] >= 3:
-            ax.imshow(_lupton_rgb(img[-1], img[-2], img[-3]), origin="lower")
+        if colour:
+            axes[0].imshow(lupton_rgb(img[-1], img[-2], img[-3]), origin="lower")
+            axes[1].imshow(colour_residual(img[0], img[-1]), origin="lower", cmap="gray")
         else:
-            ax.imshow(_stretch(img[0]), origin="lower", cmap="gray")
-        lens = theta_columns(theta[i])
-        ax.set_title(
-            f"$z_l$={lens.z_lens:.2f} $z_s$={lens.z_source:.2f}\n"
-            f'$\\theta_E$={lens.theta_E:.2f}" $\\sigma_v$={lens.sigma_v:.0f} km/s',
-            fontsize=8,
-        )
+            axes[0].imshow(asinh_stretch(img[0]), origin="lower", cmap="gray")
+        panel.suptitle(_montage_title(theta[i]), fontsize=8)
     band_text = f" ({','.join(bands)})" if bands else ""
-    fig.suptitle(f"{n} simulated lenses{band_text}")
+    residual_text = ""
+    if colour and bands:
+        residual_text = f"; right: {bands[0]} − lens colour × {bands[-1]}"
+    fig.suptitle(f"{n} simulated lenses{band_text}{residual_text}")
     return _save(fig, out)
 
 

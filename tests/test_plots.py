@@ -161,3 +161,21 @@ def test_no_figures_left_open(report, tmp_path):
     before = len(plt.get_fignums())
     write_report_figures(report, tmp_path)
     assert len(plt.get_fignums()) == before
+
+
+def test_colour_residual_removes_the_lens_and_keeps_a_blue_arc():
+    """A red lens seen with a wider PSF in the blue band vanishes from the colour-
+    difference image; a blue arc at 1.2″ stays at full brightness."""
+    import numpy as np
+
+    from sbi_lens.display import colour_residual
+
+    yy, xx = np.mgrid[:48, :48] - 24.0
+    r2 = xx**2 + yy**2
+    red_lens = 100 * np.exp(-r2 / (2 * 2.0**2))
+    blue_lens = 30 * np.exp(-r2 / (2 * 2.2**2)) * (2.0 / 2.2) ** 2  # same flux ratio, wider PSF
+    arc = 2 * np.exp(-((np.sqrt(r2) - 6.0) ** 2) / 2.0) * (xx > 0)
+    noise = np.random.default_rng(0).normal(0, 0.05, (2, 48, 48))
+    shown = colour_residual(blue_lens + arc + noise[0], red_lens + 0.1 * arc + noise[1])
+    assert shown[24, 24] < 0.2  # lens core removed
+    assert np.median(shown[(np.abs(np.sqrt(r2) - 6) < 1) & (xx > 2)]) > 0.6  # arc kept
