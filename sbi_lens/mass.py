@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-__all__ = ["epl_deflection", "ray_shoot", "shear_deflection", "truncated_normal"]
+__all__ = [
+    "epl_deflection",
+    "multiple_image_radius",
+    "ray_shoot",
+    "shear_deflection",
+    "truncated_normal",
+]
 
 _MIN_RADIUS = 1e-9  # arcsec; as lenstronomy's EPLMajorAxis, the centre is regularised
 
@@ -83,6 +89,25 @@ def epl_deflection(
         series += coefficient
     alpha = (2.0 / (1.0 + q)) * (b / radius) ** t * big_z * series * rotation
     return alpha.real, alpha.imag
+
+
+def multiple_image_radius(gamma) -> np.ndarray:
+    """Radius of the multiple-image region of a circular power law, in units of θ_E.
+
+    A source at |β| below it has ≥ 2 images: (γ′ − 1)(2 − γ′)^((2 − γ′)/(γ′ − 1)) for
+    γ′ < 2 (the radial caustic: 0.25 at γ′ = 1.5, 0.54 at 1.8), 1 for the SIS, and
+    unbounded for γ′ > 2 (the central cusp always adds a faint counter-image).
+
+    Args:
+        gamma: (...) slopes γ′, 1 < γ′ < 3.
+
+    Returns:
+        (...) radius / θ_E (``inf`` for γ′ > 2).
+    """
+    gamma = np.asarray(gamma, dtype=float)
+    shallow = np.minimum(gamma, 2.0 - 1e-12)
+    radius = (shallow - 1.0) * (2.0 - shallow) ** ((2.0 - shallow) / (shallow - 1.0))
+    return np.where(gamma < 2.0, radius, np.where(gamma == 2.0, 1.0, np.inf))
 
 
 def shear_deflection(

@@ -3,9 +3,16 @@
 import numpy as np
 import pytest
 from lenstronomy.LensModel.lens_model import LensModel
+from lenstronomy.LensModel.Solver.lens_equation_solver import LensEquationSolver
 from scipy import stats
 
-from sbi_lens.mass import epl_deflection, ray_shoot, shear_deflection, truncated_normal
+from sbi_lens.mass import (
+    epl_deflection,
+    multiple_image_radius,
+    ray_shoot,
+    shear_deflection,
+    truncated_normal,
+)
 from sbi_lens.simulator import LENS_MODEL
 
 RNG = np.random.default_rng(0)
@@ -74,6 +81,21 @@ def test_isothermal_epl_is_lenstronomys_sie(e1, e2):
     reference = LensModel(["SIE"]).alpha(X, Y, [kwargs])
     # lenstronomy's SIE carries a 1e-10″ core; otherwise the same profile.
     np.testing.assert_allclose(epl_deflection(X, Y, gamma=2.0, **kwargs), reference, atol=1e-7)
+
+
+@pytest.mark.parametrize("gamma", (1.5, 1.7, 1.9))
+def test_multiple_image_region_of_shallow_power_laws(gamma):
+    """Inside multiple_image_radius a source has ≥ 2 images, outside one (lenstronomy's
+    solver on its own EPL as the reference)."""
+    solver = LensEquationSolver(LensModel(["EPL"]))
+    kwargs = [{"theta_E": 1.0, "gamma": gamma, "e1": 0.0, "e2": 0.0}]
+    radius = float(multiple_image_radius(gamma))
+    counts = [
+        len(solver.image_position_from_source(f * radius, 0.0, kwargs, search_window=4)[0])
+        for f in (0.9, 1.1)
+    ]
+    assert counts[0] >= 2 and counts[1] == 1
+    assert multiple_image_radius(2.0) == 1.0 and multiple_image_radius(2.2) == np.inf
 
 
 def test_bad_slope_is_refused():
