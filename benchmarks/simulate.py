@@ -6,7 +6,10 @@ supersampling 2):
 * ``simulator_lenses_per_s_per_core``: LensSimulator.simulate in this process.
 * ``naive_lenses_per_s_per_core``: per lens, astropy distances, then per band a new
   ``SimAPI`` and ``ImageModel``, ``magnitude2amplitude``, ``image`` and
-  ``noise_for_model`` — the same model, grid and noise.
+  ``noise_for_model`` — the same model, grid and noise. Its lens model is
+  ``LensSimulator.lenstronomy_kwargs``' ``kwargs_model``, i.e. lenstronomy's own ``EPL``
+  + ``SHEAR`` (scipy ``hyp2f1`` deflection), while LensSimulator sums the same deflection
+  as a series (``sbi_lens.mass``); ``max_rel_diff_vs_naive_noise_free`` checks they agree.
 * ``selected_lenses_per_s_per_core``: stored (kept) lenses/s of the lens-search
   selection's rejection loop (``simulate_selected``), with its ``acceptance_rate``
   (kept / prior draws) and ``rendered_per_kept``; ``speedup_vs_naive_after_selection``.

@@ -285,6 +285,12 @@ class PopulationConfig(_Strict):
         source_ellipticity_std: std of each source ellipticity component.
         source_dust_av_mean: mean A_V of the exponential distribution of source dust.
         source_max_offset: largest source-plane offset from the lens centre, in units of θ_E.
+        lens_slope_mean, lens_slope_std: mean and intrinsic scatter of the 3D logarithmic
+            density slope γ′ of the lens mass (elliptical power law; SLACS, Auger et al.
+            2010: 2.078, 0.16). ``lens_slope_std: 0`` fixes γ′ at the mean; mean 2 and
+            std 0 give back the SIE.
+        lens_slope_range: (low, high) truncation of the γ′ distribution, within 1.2–2.8
+            (the power law needs 1 < γ′ < 3; lenstronomy's EPL fits use 1.5–2.5).
     """
 
     lens_ellipticity_std: float = Field(0.1, ge=0, le=0.3)
@@ -310,9 +316,18 @@ class PopulationConfig(_Strict):
     source_ellipticity_std: float = Field(0.15, ge=0, le=0.3)
     source_dust_av_mean: float = Field(0.4, ge=0, le=2)
     source_max_offset: float = Field(0.6, gt=0, le=1.0)
+    lens_slope_mean: float = Field(2.078, ge=1.2, le=2.8)
+    lens_slope_std: float = Field(0.16, ge=0, le=0.5)
+    lens_slope_range: tuple[float, float] = (1.5, 2.5)
 
     @model_validator(mode="after")
     def _ranges(self):
+        low, high = self.lens_slope_range
+        if not 1.2 <= low <= self.lens_slope_mean <= high <= 2.8:
+            raise ValueError(
+                "lens_slope_range must satisfy 1.2 ≤ low ≤ lens_slope_mean ≤ high ≤ 2.8, "
+                f"got ({low}, {high}) with mean {self.lens_slope_mean}"
+            )
         bright, faint = self.source_mag_range
         if not bright < faint:
             raise ValueError(

@@ -30,6 +30,7 @@ from sbi_lens.lens_light import (
     sersic_index,
     size_evolution,
 )
+from sbi_lens.mass import truncated_normal
 from sbi_lens.parameters import ThetaColumns, as_theta_array, theta_columns
 from sbi_lens.photometry import (
     HERBEL_BLUE,
@@ -85,6 +86,7 @@ BASE_NUISANCE_NAMES = (
     "lens_light_e2",
     "lens_sersic_n",
     "lens_dust_av",  # A_V of the lens (colour–σ relation and dusty early types) [mag]
+    "lens_gamma",  # 3D logarithmic density slope γ′ of the mass (EPL; 2 = isothermal)
 )
 
 
@@ -199,7 +201,7 @@ def _distances(table: DistanceTable, z: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 # ------------------------------------------------------------------ the draw
 def _draw_lens(lens: ThetaColumns, config: PopulationConfig, streams, da_lens) -> dict:
-    """Position, mass shape, shear, luminosity, size and light shape of the lenses."""
+    """Position, mass shape and slope, shear, luminosity, size and light shape of the lenses."""
     n = len(lens.z_lens)
     centre_x = config.lens_centre_std * streams.normal("lens_center_x", n)
     centre_y = config.lens_centre_std * streams.normal("lens_center_y", n)
@@ -233,6 +235,13 @@ def _draw_lens(lens: ThetaColumns, config: PopulationConfig, streams, da_lens) -
             streams.normal("lens_sersic_index", n),
             config.lens_sersic_median,
             config.lens_sersic_scatter_dex,
+        ),
+        # SLACS total-density slopes (Auger et al. 2010), independent of θ (Koopmans 2009).
+        "lens_gamma": truncated_normal(
+            streams.uniform("lens_gamma", n),
+            config.lens_slope_mean,
+            config.lens_slope_std,
+            config.lens_slope_range,
         ),
     }
 

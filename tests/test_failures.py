@@ -81,6 +81,13 @@ def test_nan_in_any_physical_float_is_refused():
             load_config(text)
 
 
+def test_mass_slope_outside_its_range_is_refused():
+    with pytest.raises(ConfigError, match=r"population\.lens_slope_std: "):
+        load_config("population: {lens_slope_std: -0.1}\n")
+    with pytest.raises(ConfigError, match=r"population: lens_slope_range must satisfy"):
+        load_config("population: {lens_slope_mean: 2.6}\n")
+
+
 def test_empty_config_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing here\n")

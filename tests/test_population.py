@@ -6,6 +6,7 @@ import torch
 from astropy import units as u
 from lenstronomy.LensModel.lens_model import LensModel
 from lenstronomy.LensModel.Solver.lens_equation_solver import LensEquationSolver
+from scipy import stats
 
 from sbi_lens.config import PopulationConfig, SimulationConfig, SurveyConfig
 from sbi_lens.cosmology import distance_table
@@ -281,14 +282,18 @@ def test_sources_are_multiply_imaged():
         population.column("source_y") - population.column("lens_center_y"),
     )
     assert np.all(offset <= CONFIG.population.source_max_offset * theta[:, 2] + 1e-12)
-    # Point sources at the drawn positions have ≥ 2 images under the SIE + shear lens.
-    lens_model = LensModel(["SIE", "SHEAR"])
+    # Point sources at the drawn positions have ≥ 2 images under the EPL + shear lens
+    # when its slope is isothermal or steeper (multiple-image region ≥ θ_E); shallower
+    # lenses have a smaller region (sbi_lens.mass.multiple_image_radius), and the
+    # lens-search selection keeps only their strongly lensed sources.
+    lens_model = LensModel(["EPL", "SHEAR"])
     solver = LensEquationSolver(lens_model)
     col = population.column
-    for i in range(8):
+    for i in np.flatnonzero(col("lens_gamma") >= 2.0)[:8]:
         kwargs = [
             {
                 "theta_E": theta[i, 2],
+                "gamma": col("lens_gamma")[i],
                 "e1": col("lens_e1")[i],
                 "e2": col("lens_e2")[i],
                 "center_x": col("lens_center_x")[i],
@@ -314,3 +319,35 @@ def test_bad_theta_raises(theta):
 def test_population_config_validation():
     with pytest.raises(ValueError, match="source_mag_range"):
         PopulationConfig(source_mag_range=(2.0, -1.0))
+
+
+def test_mass_slopes_follow_slacs_and_leave_other_draws_alone():
+    theta = _theta(3000)
+    population = _draw(theta, 5)
+    slope = population.column("lens_gamma")
+    config = CONFIG.population
+    low, high = config.lens_slope_range
+    assert slope.min() >= low and slope.max() <= high
+    a, b = (
+        (low - config.lens_slope_mean) / config.lens_slope_std,
+        (high - config.lens_slope_mean) / config.lens_slope_std,
+    )
+    reference = stats.truncnorm(a, b, loc=config.lens_slope_mean, scale=config.lens_slope_std)
+    assert stats.kstest(slope, reference.cdf).pvalue > 1e-3
+    assert abs(np.corrcoef(slope, theta[:, 3])[0, 1]) < 0.1  # independent of σ_v
+    # The SIE back (mean 2, std 0): every slope 2, every other column bit-identical.
+    sie = _draw(
+        theta,
+        5,
+        population=config.model_copy(update={"lens_slope_mean": 2.0, "lens_slope_std": 0.0}),
+    )
+    np.testing.assert_array_equal(sie.column("lens_gamma"), 2.0)
+    other = [i for i, name in enumerate(population.names) if name != "lens_gamma"]
+    np.testing.assert_array_equal(sie.values[:, other], population.values[:, other])
+
+
+def test_slope_config_validation():
+    with pytest.raises(ValueError, match="lens_slope_range"):
+        PopulationConfig(lens_slope_range=(2.2, 2.5))
+    with pytest.raises(ValueError, match="lens_slope_std"):
+        PopulationConfig(lens_slope_std=-0.1)

@@ -22,7 +22,7 @@ def _config(**selection) -> SimulationConfig:
 
 
 def _row(simulator, **values):
-    """A population row with no light and no ellipticity, except ``values``."""
+    """A population row with no light and no ellipticity (an SIE mass), except ``values``."""
     names = simulator.population_names
     row = np.zeros(len(names))
     for name in names:
@@ -30,6 +30,7 @@ def _row(simulator, **values):
             row[names.index(name)] = 99.0
     row[names.index("lens_R_sersic")] = 1.0
     row[names.index("lens_sersic_n")] = 4.0
+    row[names.index("lens_gamma")] = 2.0
     for name, value in values.items():
         row[names.index(name)] = value
     return row
