@@ -50,7 +50,9 @@ POOL_SEED = 20171109  # fixed: the pool is part of the simulation's definition
 POOL_AREA_ARCMIN2 = 40.0  # sky area of the pool (≈ 9,000 galaxies to LSST i < 26.8)
 POOL_MARGIN_MAG = 3.0  # skypy's limit is on M_B + μ (no k-correction): draw deeper, cut
 POOL_Z_MAX = 5.0
-SEED_LIMIT = 2**52  # seeds are stored as float64: exact below 2**53
+# Stores keep nuisance columns as float32, whose integers are exact up to 2**24: a stored
+# row re-draws the same neighbours. (Two lenses sharing a seed share a layout only.)
+SEED_LIMIT = 2**24
 MAX_ELLIPTICITY = 0.8  # |e| = (1 − q)/(1 + q) cap: q ≥ 0.11
 MIN_R_SERSIC = 0.01  # arcsec
 PHOTOMETRY_REFERENCE = "speclite:bessell-B"  # Herbel et al. (2017) M_B

@@ -127,3 +127,17 @@ def test_images_with_neighbours_are_images_without_plus_the_neighbours():
             np.testing.assert_allclose(
                 with_them[i, b], without[i, b] + own, rtol=1e-6, atol=1e-9 * with_them[i, b].max()
             )
+
+
+def test_neighbours_leave_every_other_column_unchanged_and_survive_float32():
+    config = SimulationConfig(survey=SURVEY, neighbours={"enabled": True})
+    on, off = LensSimulator(config), LensSimulator(SimulationConfig(survey=SURVEY))
+    theta = LensPrior(config.prior).sample((20,), generator=torch.Generator().manual_seed(2))
+    with_them = on.draw_nuisance(theta, np.random.default_rng(8)).values
+    without = off.draw_nuisance(theta, np.random.default_rng(8)).values
+    others = [i for i, name in enumerate(on.population_names) if name not in NEIGHBOUR_COLUMNS]
+    np.testing.assert_array_equal(with_them[:, others], without[:, others])
+    # A store keeps float32: the seed and count survive, so a stored row re-draws them.
+    for row in with_them[with_them[:, -3] > 0][:5]:
+        stored = on.neighbours(row.astype(np.float32))
+        np.testing.assert_array_equal(stored.magnitudes, on.neighbours(row).magnitudes)
