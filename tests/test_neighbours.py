@@ -52,6 +52,14 @@ def test_pool_counts_follow_the_lsst_science_book_law(pool, magnitude):
     assert 1 / 1.5 < pool.cumulative_density(magnitude) / published < 1.5
 
 
+@pytest.mark.parametrize("magnitude", [24.0, 25.0])
+def test_pool_redshifts_follow_the_lsst_science_book_law(pool, magnitude):
+    # LSST Science Book eq. 3.8: p(z) ∝ z² exp(−z/z0), z0 = 0.0417 i − 0.744, mean 3 z0.
+    z0 = 0.0417 * magnitude - 0.744
+    mean = pool.redshift[pool.magnitudes[:, 2] < magnitude].mean()
+    assert 1 / 1.5 < mean / (3 * z0) < 1.5
+
+
 def test_pool_is_deterministic_and_faint_enough(pool):
     assert pool.magnitudes[:, 2].max() < limiting_magnitude(SURVEY)
     assert 0 < pool.red.mean() < 0.5 and set(np.unique(pool.n_sersic)) == {1.0, 4.0}
