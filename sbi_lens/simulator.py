@@ -130,6 +130,7 @@ class LensSimulator:
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
         self._seeing = np.array([kw["seeing"] for kw in self.kwargs_band], dtype=float)
         self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
+        self._pool = None  # the neighbour pool, built on first use (once per process)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -246,7 +247,9 @@ class LensSimulator:
         if count == 0:
             return None
         config, survey = self.config.neighbours, self.config.survey
-        pool = neighbour_pool(config, survey, self.config.prior.cosmology)
+        if self._pool is None:
+            self._pool = neighbour_pool(config, survey, self.config.prior.cosmology)
+        pool = self._pool
         centre = (row[self._index["lens_center_x"]], row[self._index["lens_center_y"]])
         half_side = 0.5 * self._num_pixels * self._pixel_scale
         seed = int(row[self._index["neighbour_seed"]])
