@@ -78,9 +78,14 @@ def naive_loop(
             sim = SimAPI(simulator.image_shape[1], kw["kwargs_band"], kw["kwargs_model"])
             model = sim.image_model_class(kw["kwargs_numerics"])
             index = simulator.nuisance_names.index
-            lens_mag = [{k: v for k, v in kw["kwargs_lens_light"][0].items() if k != "amp"}]
+            # Lens light, then each neighbouring galaxy, from magnitudes like the lens.
+            lens_mag = [
+                {k: v for k, v in light.items() if k != "amp"} for light in kw["kwargs_lens_light"]
+            ]
             source_mag = [{k: v for k, v in kw["kwargs_source"][0].items() if k != "amp"}]
             lens_mag[0]["magnitude"] = nuisance[i, index(f"lens_mag_{band}")]
+            for k, light in enumerate(lens_mag[1:]):
+                light["magnitude"] = simulator.neighbours(nuisance[i]).magnitudes[k, b]
             source_mag[0]["magnitude"] = nuisance[i, index(f"source_mag_{band}")]
             kwargs_lens_light, kwargs_source, _ = sim.magnitude2amplitude(lens_mag, source_mag)
             image = model.image(
@@ -170,6 +175,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     output = simulator.simulate(theta[: args.num], seed=1)
     fast = args.num / (time.perf_counter() - start)
+    count = simulator.nuisance_names.index("neighbour_count")
 
     naive_theta = theta[: args.naive_num]
     naive_nuisance = output.nuisance[: args.naive_num]
@@ -212,6 +218,8 @@ def main(argv=None) -> int:
         "store_run_2_workers_lenses_per_s": round(store_two, 1),
         "store_run_scaling_2_vs_1": round(store_two / store_one, 2),
         "max_rel_diff_vs_naive_noise_free": agree,
+        "neighbours": config.neighbours.model_dump(mode="json"),
+        "mean_neighbours_per_cutout": round(float(np.mean(output.nuisance[:, count])), 2),
         "num_lenses": args.num,
         "naive_num_lenses": args.naive_num,
         "cpu_count": os.cpu_count(),

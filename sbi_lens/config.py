@@ -33,6 +33,7 @@ __all__ = [
     "ConfigError",
     "EmbeddingSettings",
     "FlowSettings",
+    "NeighbourConfig",
     "PopulationConfig",
     "PriorConfig",
     "SelectionConfig",
@@ -363,14 +364,35 @@ class SelectionConfig(_Strict):
         return self.kind != "none"
 
 
+class NeighbourConfig(_Strict):
+    """Unrelated galaxies in the cutout (docs/physics.md, "Neighbouring galaxies").
+
+    Attributes:
+        enabled: draw neighbours; when false the neighbour columns are 0 / 99 / 0.
+        density_scale: multiplies the mean number per cutout (from the Herbel et al.
+            2017 luminosity functions to ``magnitude_limit``).
+        exclusion_radius: no neighbour centre within this distance of the lens
+            centre [arcsec] (a closer galaxy would be deblended as part of the lens).
+        magnitude_limit: faintest neighbour, AB in the survey's reddest band; ``None``
+            takes that band's 5σ point-source depth from lenstronomy's settings.
+    """
+
+    enabled: bool = False
+    density_scale: float = Field(1.0, ge=0, le=20)
+    exclusion_radius: float = Field(2.0, ge=0, le=10)
+    magnitude_limit: float | None = Field(None, ge=15, le=32)
+
+
 class SimulationConfig(_Strict):
-    """A whole simulation: prior, survey, population, lens-search selection and chunking."""
+    """A whole simulation: prior, survey, population, neighbours, lens-search selection
+    and chunking."""
 
     name: str = "custom"
     prior: PriorConfig = PriorConfig()
     survey: SurveyConfig = SurveyConfig()
     population: PopulationConfig = PopulationConfig()
     selection: SelectionConfig = SelectionConfig()
+    neighbours: NeighbourConfig = NeighbourConfig()
     chunk_size: int = Field(256, ge=1, le=65536)
 
     @field_validator("selection", mode="before")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sbi_lens.config import PopulationConfig, SurveyConfig
+from sbi_lens.config import NeighbourConfig, PopulationConfig, SurveyConfig
 from sbi_lens.cosmology import RAD_TO_ARCSEC, DistanceTable
 from sbi_lens.lens_light import (
     lens_light_from_fundamental_plane,
@@ -31,6 +31,7 @@ from sbi_lens.lens_light import (
     size_evolution,
 )
 from sbi_lens.mass import truncated_normal
+from sbi_lens.neighbours import NEIGHBOUR_COLUMNS, draw_neighbour_columns
 from sbi_lens.parameters import ThetaColumns, as_theta_array, theta_columns
 from sbi_lens.photometry import (
     HERBEL_BLUE,
@@ -91,11 +92,15 @@ BASE_NUISANCE_NAMES = (
 
 
 def nuisance_names(bands: tuple[str, ...]) -> tuple[str, ...]:
-    """Names of the nuisance columns for ``bands``: base columns, then apparent magnitudes."""
+    """Names of the nuisance columns for ``bands``: base columns, apparent magnitudes,
+    then the neighbour columns (:data:`sbi_lens.neighbours.NEIGHBOUR_COLUMNS`)."""
     magnitudes = []
     for band in bands:
         magnitudes += [f"lens_mag_{band}", f"source_mag_{band}"]
-    return BASE_NUISANCE_NAMES + tuple(magnitudes)
+    names = BASE_NUISANCE_NAMES + tuple(magnitudes)
+    # --- neighbouring galaxies (count, brightest magnitude in the reddest band, seed)
+    names += NEIGHBOUR_COLUMNS
+    return names
 
 
 @dataclass(frozen=True)
@@ -348,6 +353,8 @@ def draw_population(
     table: DistanceTable,
     rng: np.random.Generator,
     z_max: tuple[float, float] = (2.0, 6.0),
+    neighbours: NeighbourConfig | None = None,
+    cosmology: str | None = None,
 ) -> Population:
     """Draw the nuisance parameters of N lenses given θ.
 
@@ -362,6 +369,9 @@ def draw_population(
         rng: the only source of randomness; the same state gives the same draws.
         z_max: largest lens and source redshifts the photometry tables cover (the
             prior's upper bounds; tables are built once per process and bound).
+        neighbours: neighbour settings; None draws none (columns 0 / 99 / 0).
+        cosmology: the prior's cosmology by name (the neighbour pool's distances);
+            None takes ``table``'s.
 
     Returns:
         :class:`Population` with (N, k) float64 values, named by :func:`nuisance_names`.
@@ -386,6 +396,9 @@ def draw_population(
         survey,
         z_max,
         (dm_lens, dm_source),
+    )
+    columns |= draw_neighbour_columns(
+        neighbours, survey, table.cosmology if cosmology is None else cosmology, centre, streams
     )
     names = nuisance_names(survey.bands)
     assert set(columns) == set(names), set(columns) ^ set(names)

@@ -24,10 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbi_lens.compat import lenstronomy_bin, lenstronomy_convolve
+from sbi_lens.compat import lenstronomy_bin, lenstronomy_bin_rows, lenstronomy_convolve
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.mass import ray_shoot
+from sbi_lens.neighbours import (
+    Neighbours,
+    neighbour_pool,
+    neighbours_of,
+    sersic_unit_flux,
+    sersic_unit_images,
+)
 from sbi_lens.parameters import as_theta_array, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
 from sbi_lens.selection import arc_snr, einstein_ring_resolved, passes_selection
@@ -75,6 +82,16 @@ def _as_rng(seed) -> np.random.Generator:
     raise ValueError(f"seed must be an int, None or a numpy Generator, got {type(seed).__name__}")
 
 
+def _add_binned(scale: float, binned, extra) -> tuple:
+    """scale · binned + extra for :func:`~sbi_lens.compat.lenstronomy_bin` outputs
+    (low-resolution image, high-resolution part or None). The high-resolution part is
+    kept only when both have one (it is used only with supersampled convolution, where
+    :func:`~sbi_lens.compat.lenstronomy_bin_rows` returns it)."""
+    (low, high), (extra_low, extra_high) = binned, extra
+    both = high is not None and extra_high is not None
+    return scale * low + extra_low, scale * high + extra_high if both else None
+
+
 class LensSimulator:
     """Simulate survey images of galaxy–galaxy strong lenses given θ.
 
@@ -119,6 +136,7 @@ class LensSimulator:
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
         self._seeing = np.array([kw["seeing"] for kw in self.kwargs_band], dtype=float)
         self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
+        self._pool = None  # the neighbour pool, built on first use (once per process)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -168,6 +186,8 @@ class LensSimulator:
             self._table,
             rng,
             z_max=(prior.z_lens.high, prior.z_source.high),
+            neighbours=self.config.neighbours,
+            cosmology=prior.cosmology,
         )
 
     def _shape_kwargs(self, theta_row: np.ndarray, row: np.ndarray):
@@ -223,6 +243,44 @@ class LensSimulator:
             source_amp.append(data_util.magnitude2cps(source_mag, zero_point) / source_norm)
         return np.array(lens_amp), np.array(source_amp)
 
+    def neighbours(self, nuisance_row) -> Neighbours | None:
+        """The neighbouring galaxies of one lens (None when it has none).
+
+        A pure function of the row's ``neighbour_count``, ``neighbour_seed`` and lens
+        centre (:func:`sbi_lens.neighbours.neighbours_of`).
+        """
+        row = np.asarray(nuisance_row, dtype=float)
+        count = int(row[self._index["neighbour_count"]])
+        if count == 0:
+            return None
+        config, survey = self.config.neighbours, self.config.survey
+        if self._pool is None:
+            self._pool = neighbour_pool(config, survey, self.config.prior.cosmology)
+        pool = self._pool
+        centre = (row[self._index["lens_center_x"]], row[self._index["lens_center_y"]])
+        half_side = 0.5 * self._num_pixels * self._pixel_scale
+        seed = int(row[self._index["neighbour_seed"]])
+        return neighbours_of(pool, seed, count, centre, half_side, config.exclusion_radius)
+
+    def _neighbour_amplitudes(self, neighbours: Neighbours) -> np.ndarray:
+        """(bands, K) lenstronomy 'amp' of each neighbour from its magnitudes."""
+        zero_points = np.array([kw["magnitude_zero_point"] for kw in self.kwargs_band])
+        counts = 10.0 ** (-0.4 * (neighbours.magnitudes.T - zero_points[:, None]))  # e-/s
+        return counts / sersic_unit_flux(neighbours)[None, :]
+
+    def _binned_neighbours(self, nuisance_row) -> list | None:
+        """Per band, the binned, unconvolved light of the lens's neighbours (as
+        :func:`~sbi_lens.compat.lenstronomy_bin` returns it), or None."""
+        neighbours = self.neighbours(nuisance_row)
+        if neighbours is None:
+            return None
+        # float32: exp is ~15× faster than in float64, and 1e-7 of a neighbour's light
+        # is far below the noise (images are stored as float32 anyway).
+        unit = sersic_unit_images(neighbours, self._x, self._y, dtype=np.float32)  # (K, P)
+        amplitudes = self._neighbour_amplitudes(neighbours).astype(np.float32)
+        light = amplitudes @ unit  # (bands, P), by linearity
+        return lenstronomy_bin_rows(self._numerics[0], light)
+
     def lenstronomy_kwargs(self, theta_row, nuisance_row, band: str) -> dict:
         """The lenstronomy kwargs that render one lens in one band.
 
@@ -233,7 +291,8 @@ class LensSimulator:
 
         Returns:
             dict with ``kwargs_lens``, ``kwargs_source``, ``kwargs_lens_light`` (lists of
-            dicts, amplitudes in lenstronomy's 'amp' for this band), ``kwargs_band``
+            dicts, amplitudes in lenstronomy's 'amp' for this band; the lens light is
+            followed by one SERSIC_ELLIPSE per neighbouring galaxy), ``kwargs_band``
             (``kwargs_single_band``), ``kwargs_model`` and ``kwargs_numerics``, enough to
             rebuild the image with ``SimAPI(...).image_model_class(...).image(...)``.
         """
@@ -244,12 +303,18 @@ class LensSimulator:
         kwargs_lens, kwargs_lens_light, kwargs_source = self._shape_kwargs(theta_row, row)
         lens_amp, source_amp = self._amplitudes(row, kwargs_lens_light, kwargs_source)
         b = self.bands.index(band)
+        lens_light = [{"amp": float(lens_amp[b]), **kwargs_lens_light}]
+        kwargs_model = {key: list(value) for key, value in self.kwargs_model.items()}
+        neighbours = self.neighbours(row)
+        if neighbours is not None:
+            lens_light += neighbours.lenstronomy_kwargs(self._neighbour_amplitudes(neighbours)[b])
+            kwargs_model["lens_light_model_list"] += list(LIGHT_MODEL) * len(neighbours)
         return {
             "kwargs_lens": kwargs_lens,
             "kwargs_source": [{"amp": float(source_amp[b]), **kwargs_source}],
-            "kwargs_lens_light": [{"amp": float(lens_amp[b]), **kwargs_lens_light}],
+            "kwargs_lens_light": lens_light,
             "kwargs_band": dict(self.kwargs_band[b]),
-            "kwargs_model": {key: list(value) for key, value in self.kwargs_model.items()},
+            "kwargs_model": kwargs_model,
             "kwargs_numerics": dict(self.kwargs_numerics),
         }
 
@@ -269,7 +334,8 @@ class LensSimulator:
         """Noise-free images, their lensed-source part, and the source's magnification.
 
         Lens and source light are binned and convolved separately (the image is their
-        sum): the source-only (lens-subtracted) image comes at no extra cost.
+        sum): the source-only (lens-subtracted) image comes at no extra cost. The
+        neighbouring galaxies are unlensed and belong to the lens-light part.
 
         Args:
             theta: (N, 4) θ.
@@ -299,11 +365,16 @@ class LensSimulator:
             # The bands share the pixel grid: bin once, convolve with each band's PSF.
             binned_source = lenstronomy_bin(self._numerics[0], source)
             binned_lens = lenstronomy_bin(self._numerics[0], lens)
+            # Neighbours: unlensed light, convolved together with the lens light.
+            neighbours = self._binned_neighbours(nuisance[i])
             for b, numerics in enumerate(self._numerics):
                 sources[i, b] = source_amp[b] * lenstronomy_convolve(numerics, binned_source)
-                images[i, b] = (
-                    lens_amp[b] * lenstronomy_convolve(numerics, binned_lens) + sources[i, b]
-                )
+                if neighbours is None:
+                    lens_b = lens_amp[b] * lenstronomy_convolve(numerics, binned_lens)
+                else:
+                    both = _add_binned(lens_amp[b], binned_lens, neighbours[b])
+                    lens_b = lenstronomy_convolve(numerics, both)
+                images[i, b] = lens_b + sources[i, b]
         return images, sources, magnification
 
     def render(self, theta, nuisance) -> np.ndarray:

@@ -88,6 +88,22 @@ def test_mass_slope_outside_its_range_is_refused():
         load_config("population: {lens_slope_mean: 2.6}\n")
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("neighbours: {density_scale: -1.0}", r"density_scale: .*greater than or equal to 0"),
+        ("neighbours: {exclusion_radius: .nan}", r"neighbours\.exclusion_radius: "),
+        ("neighbours: {magnitude_limit: 40}", r"magnitude_limit: .*less than or equal to 32"),
+        ("neighbours: {enabled: maybe}", r"neighbours\.enabled: "),
+        ("neighbours: {stars: true}", r"neighbours\.stars: unknown key"),
+    ],
+)  # fmt: skip
+def test_bad_neighbour_settings_are_one_line_naming_the_field(text, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(text + "\n")
+    assert "\n" not in str(error.value)
+
+
 def test_empty_config_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing here\n")

@@ -51,9 +51,11 @@ def test_properties(simulator):
     assert simulator.bands == ("g", "r", "i")
     assert simulator.image_shape == (3, 64, 64)
     assert simulator.pixel_scale == 0.2
+    from sbi_lens.neighbours import NEIGHBOUR_COLUMNS
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 2 * 3
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 2 * 3 + 3
+    assert simulator.population_names[-3:] == NEIGHBOUR_COLUMNS
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
@@ -63,12 +65,20 @@ def test_properties(simulator):
     )  # fmt: skip
 
 
-def test_noise_free_images_equal_lenstronomy(simulator, theta):
+NEIGHBOURS = SimulationConfig(survey=SURVEY, neighbours={"enabled": True, "density_scale": 2.0})
+
+
+@pytest.mark.parametrize("config", [CONFIG, NEIGHBOURS], ids=["alone", "with_neighbours"])
+def test_noise_free_images_equal_lenstronomy(simulator, theta, config):
+    simulator = simulator if config is CONFIG else LensSimulator(config)
     out = simulator.simulate(theta[:3], seed=5, noise=False)
     clean = simulator.render(theta[:3], out.nuisance)
+    counts = out.nuisance[:, simulator.nuisance_names.index("neighbour_count")]
+    assert (counts > 0).all() if config is NEIGHBOURS else (counts == 0).all()
     for i in range(3):
         for b, band in enumerate(simulator.bands):
             kw = simulator.lenstronomy_kwargs(theta[i], out.nuisance[i], band)
+            assert len(kw["kwargs_lens_light"]) == 1 + counts[i]
             sim = SimAPI(64, kw["kwargs_band"], kw["kwargs_model"])
             # Amplitudes: lenstronomy's own magnitude → amp conversion.
             lens_mag = [{**kw["kwargs_lens_light"][0]}]
@@ -85,6 +95,8 @@ def test_noise_free_images_equal_lenstronomy(simulator, theta):
                 kw["kwargs_lens_light"][0]["amp"], rel=1e-12
             )
             assert source[0]["amp"] == pytest.approx(kw["kwargs_source"][0]["amp"], rel=1e-12)
+            # Neighbours keep our amplitudes; lenstronomy evaluates their profiles.
+            lens_light += kw["kwargs_lens_light"][1:]
             reference = sim.image_model_class(kw["kwargs_numerics"]).image(
                 kwargs_lens=kw["kwargs_lens"], kwargs_source=source, kwargs_lens_light=lens_light
             )
