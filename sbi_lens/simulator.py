@@ -7,10 +7,13 @@ models (one ``SimAPI`` and ``ImageModel`` per band, one ``LensModel`` and one
 The bands share the pixel grid, so the expensive steps are done once per lens: ray
 shooting on the supersampled grid and the Sérsic shapes of lens and source (each
 evaluated with amplitude 1). A band's image is then, by linearity,
-``a_lens · L + a_source · S``, binned to pixels and convolved with the band's Gaussian
-PSF by lenstronomy's own numerics, exactly as ``ImageModel.image`` does it. Noise
+``a_lens · L + a_source · S``, binned to pixels by lenstronomy's own numerics and
+convolved with the lens's own PSF in that band (:mod:`sbi_lens.psf`: Moffat or Gaussian,
+FWHM drawn per lens and band, nuisance columns ``psf_fwhm_<band>``), exactly as
+``ImageModel.image`` does it with ``psf_type='PIXEL'`` and that kernel. Noise
 (background from sky and read noise, and Poisson noise of the lens) follows
-lenstronomy's noise model and is drawn from an explicit ``numpy.random.Generator``.
+lenstronomy's noise model, scaled by ``survey.noise_scale``, and is drawn from an
+explicit ``numpy.random.Generator``.
 
 Image units: electrons per second per pixel (lenstronomy's default data unit),
 sky-subtracted.
@@ -22,11 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbi_lens.compat import lenstronomy_bin, lenstronomy_convolve
+from sbi_lens.compat import lenstronomy_bin
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.parameters import as_theta_array, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
+from sbi_lens.psf import convolve, psf_kernels
 from sbi_lens.selection import arc_snr, einstein_ring_resolved, passes_selection
 
 __all__ = [
@@ -114,8 +118,10 @@ class LensSimulator:
         self._population_names = nuisance_names(survey.bands)
         self._nuisance_names = self._population_names + selection_column_names(survey.bands)
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
-        self._seeing = np.array([kw["seeing"] for kw in self.kwargs_band], dtype=float)
+        self._fwhm_columns = [self._index[f"psf_fwhm_{band}"] for band in survey.bands]
+        self._noise_scale = float(survey.noise_scale)
         self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
+        self._pixel_area = self._pixel_scale**2
 
     # ------------------------------------------------------------------ properties
     @property
@@ -152,7 +158,19 @@ class LensSimulator:
     @property
     def background_rms(self) -> np.ndarray:
         """(bands,) background noise rms per pixel [e-/s] (sky + read noise)."""
-        return np.array([sim.background_noise for sim in self._sims])
+        return self._noise_scale * np.array([sim.background_noise for sim in self._sims])
+
+    def psf_fwhm(self, nuisance) -> np.ndarray:
+        """(N, bands) PSF FWHM [arcsec] of each lens and band, from its nuisance columns."""
+        return np.asarray(nuisance, dtype=float)[:, self._fwhm_columns]
+
+    def psf_kernels(self, fwhm: np.ndarray) -> np.ndarray:
+        """(bands, n, n) pixel kernels (unit sum) of one lens from its (bands,) FWHM
+        [arcsec], on the widest band's odd grid (at most the cutout)."""
+        psf = self.config.survey.psf
+        return psf_kernels(
+            psf.profile, fwhm, self._pixel_scale, beta=psf.beta, max_size=self._num_pixels
+        )
 
     # ------------------------------------------------------------------ kwargs
     def draw_nuisance(self, theta, rng: np.random.Generator) -> Population:
@@ -230,7 +248,8 @@ class LensSimulator:
         Returns:
             dict with ``kwargs_lens``, ``kwargs_source``, ``kwargs_lens_light`` (lists of
             dicts, amplitudes in lenstronomy's 'amp' for this band), ``kwargs_band``
-            (``kwargs_single_band``), ``kwargs_model`` and ``kwargs_numerics``, enough to
+            (``kwargs_single_band`` with ``psf_type='PIXEL'`` and the lens's PSF kernel in
+            ``kernel_point_source``), ``kwargs_model`` and ``kwargs_numerics``, enough to
             rebuild the image with ``SimAPI(...).image_model_class(...).image(...)``.
         """
         if band not in self.bands:
@@ -244,7 +263,13 @@ class LensSimulator:
             "kwargs_lens": kwargs_lens,
             "kwargs_source": [{"amp": float(source_amp[b]), **kwargs_source}],
             "kwargs_lens_light": [{"amp": float(lens_amp[b]), **kwargs_lens_light}],
-            "kwargs_band": dict(self.kwargs_band[b]),
+            "kwargs_band": {
+                **self.kwargs_band[b],
+                "seeing": float(row[self._fwhm_columns[b]]),
+                "psf_type": "PIXEL",
+                "kernel_point_source": self.psf_kernels(row[self._fwhm_columns])[b],
+                "point_source_supersampling_factor": 1,
+            },
             "kwargs_model": {key: list(value) for key, value in self.kwargs_model.items()},
             "kwargs_numerics": dict(self.kwargs_numerics),
         }
@@ -292,14 +317,15 @@ class LensSimulator:
             lens = light.surface_brightness(self._x, self._y, [{"amp": 1.0, **kwargs_lens_light}])
             unit_flux = light.total_flux([{"amp": 1.0, **kwargs_source}])[0]
             magnification[i] = source.sum() * self._subpixel_area / unit_flux
-            # The bands share the pixel grid: bin once, convolve with each band's PSF.
-            binned_source = lenstronomy_bin(self._numerics[0], source)
-            binned_lens = lenstronomy_bin(self._numerics[0], lens)
-            for b, numerics in enumerate(self._numerics):
-                sources[i, b] = source_amp[b] * lenstronomy_convolve(numerics, binned_source)
-                images[i, b] = (
-                    lens_amp[b] * lenstronomy_convolve(numerics, binned_lens) + sources[i, b]
-                )
+            # The bands share the pixel grid: bin once, convolve with the lens's PSF per band
+            # (lenstronomy's re_size_convolve: binned surface brightness × pixel area).
+            binned = np.stack(
+                [lenstronomy_bin(self._numerics[0], flux)[0] for flux in (lens, source)]
+            )
+            kernels = self.psf_kernels(nuisance[i, self._fwhm_columns])  # (bands, n, n)
+            lens_b, source_b = convolve(binned, kernels[:, None]).swapaxes(0, 1)
+            sources[i] = source_amp[:, None, None] * source_b * self._pixel_area
+            images[i] = lens_amp[:, None, None] * lens_b * self._pixel_area + sources[i]
         return images, sources, magnification
 
     def render(self, theta, nuisance) -> np.ndarray:
@@ -318,7 +344,9 @@ class LensSimulator:
         best = np.argmax(snr, axis=1)
         source_size = np.asarray(nuisance)[:, self._index["source_R_sersic"]]
         resolved = einstein_ring_resolved(
-            theta_columns(theta).theta_E, source_size, self._seeing[best]
+            theta_columns(theta).theta_E,
+            source_size,
+            self.psf_fwhm(nuisance)[np.arange(len(best)), best],
         )
         source_mag = np.stack(
             [np.asarray(nuisance)[:, self._index[f"source_mag_{band}"]] for band in self.bands],
@@ -360,7 +388,7 @@ class LensSimulator:
         if selection.resolved:
             source_size = nuisance[:, self._index["source_R_sersic"]]
             keep &= einstein_ring_resolved(
-                theta_columns(theta).theta_E, source_size, self._seeing.min()
+                theta_columns(theta).theta_E, source_size, self.psf_fwhm(nuisance).min(axis=1)
             )
         if selection.min_arc_snr > 0:
             background = self.background_rms
@@ -378,11 +406,13 @@ class LensSimulator:
     def noise_rms(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel noise rms [e-/s] of noise-free images (N, bands, H, W).
 
-        lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp.
+        lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp, times
+        ``survey.noise_scale``².
         """
         rms = np.empty_like(images, dtype=float)
         for b, sim in enumerate(self._sims):
             rms[:, b] = sim.estimate_noise(np.array(images[:, b], dtype=float))
+        rms *= self._noise_scale
         return rms
 
     def add_noise(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -37,6 +37,9 @@ def _row(simulator, **values):
     for name in simulator.nuisance_names:
         if "_mag_" in name:
             row[simulator.nuisance_names.index(name)] = 99.0
+    median = simulator.config.survey.psf_median_fwhm()
+    for band, fwhm in zip(simulator.bands, median, strict=True):
+        row[simulator.nuisance_names.index(f"psf_fwhm_{band}")] = fwhm
     for name, value in values.items():
         row[simulator.nuisance_names.index(name)] = value
     row[simulator.nuisance_names.index("lens_R_sersic")] = values.get("lens_R_sersic", 1.0)
@@ -51,7 +54,8 @@ def test_properties(simulator):
     assert simulator.pixel_scale == 0.2
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 2 * 3
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3
+    assert simulator.population_names[-3:] == ("psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_i")
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
@@ -86,10 +90,12 @@ def test_noise_free_images_equal_lenstronomy(simulator, theta):
             reference = sim.image_model_class(kw["kwargs_numerics"]).image(
                 kwargs_lens=kw["kwargs_lens"], kwargs_source=source, kwargs_lens_light=lens_light
             )
-            # Same operations in the same order up to the linear split a·L + b·S: only
-            # floating-point rounding differs (measured ~1e-16 relative).
+            # Same operations up to the linear split a·L + b·S and one FFT for all bands:
+            # only floating-point rounding differs. The PSF is the lens's own pixel
+            # kernel (PIXEL), of its drawn FWHM in this band.
+            assert kw["kwargs_band"]["psf_type"] == "PIXEL"
             np.testing.assert_allclose(
-                clean[i, b], reference, rtol=1e-5, atol=1e-9 * reference.max()
+                clean[i, b], reference, rtol=1e-6, atol=1e-9 * reference.max()
             )
             np.testing.assert_allclose(
                 out.images[i, b], reference, rtol=1e-5, atol=1e-6 * reference.max()
@@ -160,3 +166,18 @@ def test_other_surveys_build():
     assert euclid.pixel_scale == pytest.approx(0.101) and euclid.image_shape == (1, 32, 32)
     out = euclid.simulate(np.array([[0.4, 1.5, 1.0, 230.0]]), seed=0)
     assert np.all(np.isfinite(out.images))
+
+
+def test_resolved_test_uses_the_lens_own_fwhm(simulator):
+    # θ_E = 0.5", r_s = 0.2": resolved for FWHM < 2·√(θ_E² − r_s²) ≈ 0.92".
+    theta = np.array([[0.5, 2.0, 0.5, 250.0]] * 2)
+    rows = np.tile(_row(simulator, source_R_sersic=0.2, source_mag_g=20.0), (2, 1))
+    for band in simulator.bands:
+        rows[1, simulator.nuisance_names.index(f"psf_fwhm_{band}")] = 1.2
+    images, sources, magnification = simulator.render_parts(theta, rows)
+    _, resolved = simulator.selection_columns(theta, rows, images, sources, magnification)
+    assert resolved.tolist() == [True, False]
+    assert simulator.prefilter(theta, rows).tolist()[1] is False
+    # The wider PSF spreads the same flux: a lower peak, the same total.
+    assert images[1].max() < images[0].max()
+    np.testing.assert_allclose(images[1].sum(axis=(1, 2)), images[0].sum(axis=(1, 2)), rtol=0.02)
