@@ -373,9 +373,9 @@ class LensSimulator:
     def prefilter(self, theta, nuisance) -> np.ndarray:
         """(N,) bool: a necessary condition of the selection, without rendering.
 
-        A lens can pass only if its ring is resolved in the sharpest band (when the
-        selection asks for it) and, for a positive S/N threshold, if some band has a
-        pixel where the source exceeds the background rms: lensing conserves surface
+        A lens can pass only if its ring is resolved in its sharpest band (its own PSF
+        FWHM; when the selection asks for it) and, for a positive S/N threshold, if some
+        band has a pixel where the source exceeds the background rms: lensing conserves surface
         brightness and binning and the PSF only lower the peak, so no pixel of the
         source image exceeds its unlensed central surface brightness × pixel area.
         """
