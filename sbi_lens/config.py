@@ -36,6 +36,7 @@ __all__ = [
     "NeighbourConfig",
     "PopulationConfig",
     "PriorConfig",
+    "PsfConfig",
     "SelectionConfig",
     "SimulationConfig",
     "SurveyConfig",
@@ -165,6 +166,25 @@ class PriorConfig(_Strict):
 
 
 # ---------------------------------------------------------------- observation
+class PsfConfig(_Strict):
+    """The PSF of every band: profile, and how its FWHM varies from lens to lens.
+
+    The FWHM of each band is drawn per lens about the survey's median FWHM
+    (``sbi_lens.surveys``, docs/physics.md "Observation") and stored in ``psf_fwhm_<band>``.
+
+    Attributes:
+        profile: ``moffat`` (default) or ``gaussian``.
+        beta: Moffat β (> 1); default 4.765, Kolmogorov turbulence (Trujillo et al. 2001).
+        fwhm_scale: factor on every drawn FWHM (1.1: a 10 % wider PSF, for robustness tests).
+        vary: draw the FWHM per lens (True) or give every lens the median FWHM (False).
+    """
+
+    profile: Literal["moffat", "gaussian"] = "moffat"
+    beta: float = Field(4.765, gt=1, le=20)
+    fwhm_scale: float = Field(1.0, gt=0, le=5)
+    vary: bool = True
+
+
 class SurveyConfig(_Strict):
     """Instrument and image settings; band properties come from lenstronomy's ObservationConfig.
 
@@ -178,7 +198,10 @@ class SurveyConfig(_Strict):
         num_pixels: image side [pixels].
         pixel_scale: pixel size [arcsec]; ``None`` takes the instrument's.
         supersampling: sub-pixels per pixel side used to evaluate surface brightness.
-        psf_type: only ``GAUSSIAN`` (FWHM = the band's seeing).
+        psf: PSF profile and seeing variation (:class:`PsfConfig`); replaces the
+            former ``psf_type: GAUSSIAN``.
+        noise_scale: factor on the noise rms (background and Poisson), > 0; the
+            selection's S/N sees it too.
     """
 
     name: str = "LSST"
@@ -188,11 +211,17 @@ class SurveyConfig(_Strict):
     num_pixels: int = Field(64, ge=16, le=512)
     pixel_scale: float | None = Field(None, gt=0)
     supersampling: int = Field(2, ge=1, le=8)
-    psf_type: Literal["GAUSSIAN"] = "GAUSSIAN"
+    psf: PsfConfig = PsfConfig()
+    noise_scale: float = Field(1.0, gt=0, le=100)
 
     @model_validator(mode="before")
     @classmethod
     def _survey_default_depth(cls, data):
+        if isinstance(data, dict) and "psf_type" in data:
+            raise ValueError(
+                f"psf_type ({data['psf_type']!r}) was replaced by psf: {{profile: gaussian}} "
+                "(or moffat, the default); remove psf_type"
+            )
         # A survey's own default depth (LSST: 10 years; others: lenstronomy's default).
         if isinstance(data, dict) and "coadd_years" not in data:
             table = SURVEYS.get(data.get("name", "LSST"))
@@ -233,9 +262,12 @@ class SurveyConfig(_Strict):
             self.bands,
             coadd_years=self.coadd_years,
             survey_mode=self.survey_mode,
-            psf_type=self.psf_type,
             pixel_scale=self.pixel_scale,
         )
+
+    def psf_median_fwhm(self) -> tuple[float, ...]:
+        """Median PSF FWHM [arcsec] of each band, in band order (before ``psf.fwhm_scale``)."""
+        return tuple(float(kwargs["seeing"]) for kwargs in self.band_settings())
 
     def band_wavelengths(self) -> tuple[float, ...]:
         """Effective wavelength [nm] of each band, in band order."""

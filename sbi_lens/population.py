@@ -41,12 +41,13 @@ from sbi_lens.photometry import (
     TemplatePhotometry,
     cached_photometry,
 )
+from sbi_lens.psf import draw_fwhm
 from sbi_lens.source_light import (
     sample_schechter_offsets,
     source_size_kpc,
     uv_luminosity_function,
 )
-from sbi_lens.surveys import band_filters
+from sbi_lens.surveys import band_filters, band_psf_scatter
 
 __all__ = [
     "BASE_NUISANCE_NAMES",
@@ -93,11 +94,13 @@ BASE_NUISANCE_NAMES = (
 
 def nuisance_names(bands: tuple[str, ...]) -> tuple[str, ...]:
     """Names of the nuisance columns for ``bands``: base columns, apparent magnitudes,
-    then the neighbour columns (:data:`sbi_lens.neighbours.NEIGHBOUR_COLUMNS`)."""
+    then the PSF FWHM of each band ``psf_fwhm_<band>`` [arcsec], then the neighbour
+    columns (:data:`sbi_lens.neighbours.NEIGHBOUR_COLUMNS`)."""
     magnitudes = []
     for band in bands:
         magnitudes += [f"lens_mag_{band}", f"source_mag_{band}"]
-    names = BASE_NUISANCE_NAMES + tuple(magnitudes)
+    psf = tuple(f"psf_fwhm_{band}" for band in bands)
+    names = BASE_NUISANCE_NAMES + tuple(magnitudes) + psf
     # --- neighbouring galaxies (count, brightest magnitude in the reddest band, seed)
     names += NEIGHBOUR_COLUMNS
     return names
@@ -346,6 +349,18 @@ def _band_magnitudes(
     return magnitudes
 
 
+def _draw_psf(survey: SurveyConfig, streams: RandomStreams, n: int) -> dict:
+    """PSF FWHM [arcsec] of each lens in each band (stream ``psf_fwhm``)."""
+    fwhm = draw_fwhm(
+        survey.psf_median_fwhm(),
+        band_psf_scatter(survey.name),
+        streams.normal("psf_fwhm", n),
+        scale=survey.psf.fwhm_scale,
+        vary=survey.psf.vary,
+    )
+    return {f"psf_fwhm_{band}": fwhm[:, b] for b, band in enumerate(survey.bands)}
+
+
 def draw_population(
     theta: np.ndarray,
     config: PopulationConfig,
@@ -400,6 +415,7 @@ def draw_population(
     columns |= draw_neighbour_columns(
         neighbours, survey, table.cosmology if cosmology is None else cosmology, centre, streams
     )
+    columns |= _draw_psf(survey, streams, len(lens.z_lens))
     names = nuisance_names(survey.bands)
     assert set(columns) == set(names), set(columns) ^ set(names)
     return Population(values=np.stack([columns[name] for name in names], axis=1), names=names)

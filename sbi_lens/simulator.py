@@ -9,10 +9,13 @@ the same deflection summed as a short series (≈ 5× faster than lenstronomy's 
 The bands share the pixel grid, so the expensive steps are done once per lens: ray
 shooting on the supersampled grid and the Sérsic shapes of lens and source (each
 evaluated with amplitude 1). A band's image is then, by linearity,
-``a_lens · L + a_source · S``, binned to pixels and convolved with the band's Gaussian
-PSF by lenstronomy's own numerics, exactly as ``ImageModel.image`` does it. Noise
+``a_lens · L + a_source · S``, binned to pixels by lenstronomy's own numerics and
+convolved with the lens's own PSF in that band (:mod:`sbi_lens.psf`: Moffat or Gaussian,
+FWHM drawn per lens and band, nuisance columns ``psf_fwhm_<band>``), exactly as
+``ImageModel.image`` does it with ``psf_type='PIXEL'`` and that kernel. Noise
 (background from sky and read noise, and Poisson noise of the lens) follows
-lenstronomy's noise model and is drawn from an explicit ``numpy.random.Generator``.
+lenstronomy's noise model, scaled by ``survey.noise_scale``, and is drawn from an
+explicit ``numpy.random.Generator``.
 
 Image units: electrons per second per pixel (lenstronomy's default data unit),
 sky-subtracted.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbi_lens.compat import lenstronomy_bin, lenstronomy_bin_rows, lenstronomy_convolve
+from sbi_lens.compat import lenstronomy_bin, lenstronomy_bin_rows
 from sbi_lens.config import SimulationConfig
 from sbi_lens.cosmology import distance_table
 from sbi_lens.mass import ray_shoot
@@ -37,6 +40,7 @@ from sbi_lens.neighbours import (
 )
 from sbi_lens.parameters import as_theta_array, theta_columns
 from sbi_lens.population import Population, draw_population, nuisance_names
+from sbi_lens.psf import convolve, psf_kernels
 from sbi_lens.selection import arc_snr, einstein_ring_resolved, passes_selection
 
 __all__ = [
@@ -82,16 +86,6 @@ def _as_rng(seed) -> np.random.Generator:
     raise ValueError(f"seed must be an int, None or a numpy Generator, got {type(seed).__name__}")
 
 
-def _add_binned(scale: float, binned, extra) -> tuple:
-    """scale · binned + extra for :func:`~sbi_lens.compat.lenstronomy_bin` outputs
-    (low-resolution image, high-resolution part or None). The high-resolution part is
-    kept only when both have one (it is used only with supersampled convolution, where
-    :func:`~sbi_lens.compat.lenstronomy_bin_rows` returns it)."""
-    (low, high), (extra_low, extra_high) = binned, extra
-    both = high is not None and extra_high is not None
-    return scale * low + extra_low, scale * high + extra_high if both else None
-
-
 class LensSimulator:
     """Simulate survey images of galaxy–galaxy strong lenses given θ.
 
@@ -134,9 +128,11 @@ class LensSimulator:
         self._population_names = nuisance_names(survey.bands)
         self._nuisance_names = self._population_names + selection_column_names(survey.bands)
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
-        self._seeing = np.array([kw["seeing"] for kw in self.kwargs_band], dtype=float)
+        self._fwhm_columns = [self._index[f"psf_fwhm_{band}"] for band in survey.bands]
+        self._noise_scale = float(survey.noise_scale)
         self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
         self._pool = None  # the neighbour pool, built on first use (once per process)
+        self._pixel_area = self._pixel_scale**2
 
     # ------------------------------------------------------------------ properties
     @property
@@ -173,7 +169,19 @@ class LensSimulator:
     @property
     def background_rms(self) -> np.ndarray:
         """(bands,) background noise rms per pixel [e-/s] (sky + read noise)."""
-        return np.array([sim.background_noise for sim in self._sims])
+        return self._noise_scale * np.array([sim.background_noise for sim in self._sims])
+
+    def psf_fwhm(self, nuisance) -> np.ndarray:
+        """(N, bands) PSF FWHM [arcsec] of each lens and band, from its nuisance columns."""
+        return np.asarray(nuisance, dtype=float)[:, self._fwhm_columns]
+
+    def psf_kernels(self, fwhm: np.ndarray) -> np.ndarray:
+        """(bands, n, n) pixel kernels (unit sum) of one lens from its (bands,) FWHM
+        [arcsec], on the widest band's odd grid (at most the cutout)."""
+        psf = self.config.survey.psf
+        return psf_kernels(
+            psf.profile, fwhm, self._pixel_scale, beta=psf.beta, max_size=self._num_pixels
+        )
 
     # ------------------------------------------------------------------ kwargs
     def draw_nuisance(self, theta, rng: np.random.Generator) -> Population:
@@ -293,7 +301,8 @@ class LensSimulator:
             dict with ``kwargs_lens``, ``kwargs_source``, ``kwargs_lens_light`` (lists of
             dicts, amplitudes in lenstronomy's 'amp' for this band; the lens light is
             followed by one SERSIC_ELLIPSE per neighbouring galaxy), ``kwargs_band``
-            (``kwargs_single_band``), ``kwargs_model`` and ``kwargs_numerics``, enough to
+            (``kwargs_single_band`` with ``psf_type='PIXEL'`` and the lens's PSF kernel in
+            ``kernel_point_source``), ``kwargs_model`` and ``kwargs_numerics``, enough to
             rebuild the image with ``SimAPI(...).image_model_class(...).image(...)``.
         """
         if band not in self.bands:
@@ -313,7 +322,13 @@ class LensSimulator:
             "kwargs_lens": kwargs_lens,
             "kwargs_source": [{"amp": float(source_amp[b]), **kwargs_source}],
             "kwargs_lens_light": lens_light,
-            "kwargs_band": dict(self.kwargs_band[b]),
+            "kwargs_band": {
+                **self.kwargs_band[b],
+                "seeing": float(row[self._fwhm_columns[b]]),
+                "psf_type": "PIXEL",
+                "kernel_point_source": self.psf_kernels(row[self._fwhm_columns])[b],
+                "point_source_supersampling_factor": 1,
+            },
             "kwargs_model": kwargs_model,
             "kwargs_numerics": dict(self.kwargs_numerics),
         }
@@ -362,19 +377,21 @@ class LensSimulator:
             lens = light.surface_brightness(self._x, self._y, [{"amp": 1.0, **kwargs_lens_light}])
             unit_flux = light.total_flux([{"amp": 1.0, **kwargs_source}])[0]
             magnification[i] = source.sum() * self._subpixel_area / unit_flux
-            # The bands share the pixel grid: bin once, convolve with each band's PSF.
-            binned_source = lenstronomy_bin(self._numerics[0], source)
-            binned_lens = lenstronomy_bin(self._numerics[0], lens)
-            # Neighbours: unlensed light, convolved together with the lens light.
+            # The bands share the pixel grid: bin once, convolve with the lens's PSF per band
+            # (lenstronomy's re_size_convolve: binned surface brightness × pixel area).
+            # Neighbours are unlensed light, convolved together with the lens light.
+            binned_lens, binned_source = (
+                lenstronomy_bin(self._numerics[0], flux)[0] for flux in (lens, source)
+            )
+            lens_light = lens_amp[:, None, None] * binned_lens  # (bands, H, W)
             neighbours = self._binned_neighbours(nuisance[i])
-            for b, numerics in enumerate(self._numerics):
-                sources[i, b] = source_amp[b] * lenstronomy_convolve(numerics, binned_source)
-                if neighbours is None:
-                    lens_b = lens_amp[b] * lenstronomy_convolve(numerics, binned_lens)
-                else:
-                    both = _add_binned(lens_amp[b], binned_lens, neighbours[b])
-                    lens_b = lenstronomy_convolve(numerics, both)
-                images[i, b] = lens_b + sources[i, b]
+            if neighbours is not None:
+                lens_light = lens_light + np.stack([low for low, _ in neighbours])
+            kernels = self.psf_kernels(nuisance[i, self._fwhm_columns])  # (bands, n, n)
+            lens_b = convolve(lens_light, kernels)
+            source_b = convolve(binned_source[None], kernels)
+            sources[i] = source_amp[:, None, None] * source_b * self._pixel_area
+            images[i] = lens_b * self._pixel_area + sources[i]
         return images, sources, magnification
 
     def render(self, theta, nuisance) -> np.ndarray:
@@ -393,7 +410,9 @@ class LensSimulator:
         best = np.argmax(snr, axis=1)
         source_size = np.asarray(nuisance)[:, self._index["source_R_sersic"]]
         resolved = einstein_ring_resolved(
-            theta_columns(theta).theta_E, source_size, self._seeing[best]
+            theta_columns(theta).theta_E,
+            source_size,
+            self.psf_fwhm(nuisance)[np.arange(len(best)), best],
         )
         source_mag = np.stack(
             [np.asarray(nuisance)[:, self._index[f"source_mag_{band}"]] for band in self.bands],
@@ -420,9 +439,9 @@ class LensSimulator:
     def prefilter(self, theta, nuisance) -> np.ndarray:
         """(N,) bool: a necessary condition of the selection, without rendering.
 
-        A lens can pass only if its ring is resolved in the sharpest band (when the
-        selection asks for it) and, for a positive S/N threshold, if some band has a
-        pixel where the source exceeds the background rms: lensing conserves surface
+        A lens can pass only if its ring is resolved in its sharpest band (its own PSF
+        FWHM; when the selection asks for it) and, for a positive S/N threshold, if some
+        band has a pixel where the source exceeds the background rms: lensing conserves surface
         brightness and binning and the PSF only lower the peak, so no pixel of the
         source image exceeds its unlensed central surface brightness × pixel area.
         """
@@ -435,7 +454,7 @@ class LensSimulator:
         if selection.resolved:
             source_size = nuisance[:, self._index["source_R_sersic"]]
             keep &= einstein_ring_resolved(
-                theta_columns(theta).theta_E, source_size, self._seeing.min()
+                theta_columns(theta).theta_E, source_size, self.psf_fwhm(nuisance).min(axis=1)
             )
         if selection.min_arc_snr > 0:
             background = self.background_rms
@@ -453,11 +472,13 @@ class LensSimulator:
     def noise_rms(self, images: np.ndarray) -> np.ndarray:
         """Per-pixel noise rms [e-/s] of noise-free images (N, bands, H, W).
 
-        lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp.
+        lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp, times
+        ``survey.noise_scale``².
         """
         rms = np.empty_like(images, dtype=float)
         for b, sim in enumerate(self._sims):
             rms[:, b] = sim.estimate_noise(np.array(images[:, b], dtype=float))
+        rms *= self._noise_scale
         return rms
 
     def add_noise(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -21,6 +21,7 @@ __all__ = [
     "SurveyTable",
     "band_settings",
     "band_filters",
+    "band_psf_scatter",
     "band_wavelengths",
     "common_pixel_scale",
 ]
@@ -39,6 +40,9 @@ class SurveyTable:
         filters: band name → transmission-curve identifier for
             :func:`sbi_lens.photometry.load_bandpass` (``speclite:<name>`` or
             ``sedpy:<name>``); a band left out has no photometry.
+        psf_fwhm_scatter: standard deviation of ln(PSF FWHM) from lens to lens.
+        psf_fwhm: band name → median PSF FWHM [arcsec] replacing lenstronomy's
+            ``seeing`` where that is not the FWHM of the survey's images.
     """
 
     bands: MappingProxyType
@@ -46,6 +50,8 @@ class SurveyTable:
     default_coadd_years: int | None = None
     survey_modes: tuple[str, ...] = ()
     filters: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    psf_fwhm_scatter: float = 0.0
+    psf_fwhm: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
 
 def _curves(prefix: str, names: dict) -> MappingProxyType:
@@ -64,6 +70,11 @@ def _curves(prefix: str, names: dict) -> MappingProxyType:
 # paper the wavelengths come from; speclite's decam2014-* are the earlier DECam
 # curves); Euclid — speclite Euclid-* (VIS and NISP Y, J, H); HST WFC3/IR F160W and
 # Roman WFI — astro-sedpy's wfc3_ir_f160w and roman_wfi_f*.
+# PSF: the median FWHM is lenstronomy's ``seeing`` except for HST F160W, whose 0.08"
+# (the drizzled pixel size) is replaced by the FWHM of drizzled F160W mosaics. The
+# scatter is that of ln FWHM from lens to lens. Sources and what is assumed:
+# docs/physics.md, "Observation".
+_HST_F160W_DRIZZLED_FWHM = 0.18  # arcsec (CANDELS/3D-HST mosaics; see docs/physics.md)
 SURVEYS: MappingProxyType = MappingProxyType(
     {
         "LSST": SurveyTable(
@@ -72,19 +83,26 @@ SURVEYS: MappingProxyType = MappingProxyType(
             ),
             default_coadd_years=10,
             filters=_curves("speclite:lsst2023-", {b: b for b in "ugrizy"}),
+            psf_fwhm_scatter=0.10,
         ),
         "DES": SurveyTable(
             MappingProxyType({"g": 473.0, "r": 642.0, "i": 784.0, "z": 926.0, "Y": 1009.0}),
             filters=_curves("speclite:decamDR1-", {b: b for b in "grizY"}),
+            psf_fwhm_scatter=0.10,
         ),
         "Euclid": SurveyTable(
             MappingProxyType({"VIS": 715.0, "Y": 1081.0, "J": 1367.0, "H": 1771.0}),
             filters=_curves("speclite:Euclid-", {b: b for b in ("VIS", "Y", "J", "H")}),
+            psf_fwhm_scatter=0.03,
         ),
         "HST": SurveyTable(
             MappingProxyType({"F160W": 1537.0, "WFC3_F160W": 1537.0}),
             has_coadd_depth=False,
             filters=_curves("sedpy:", {"F160W": "wfc3_ir_f160w", "WFC3_F160W": "wfc3_ir_f160w"}),
+            psf_fwhm_scatter=0.05,
+            psf_fwhm=MappingProxyType(
+                {"F160W": _HST_F160W_DRIZZLED_FWHM, "WFC3_F160W": _HST_F160W_DRIZZLED_FWHM}
+            ),
         ),
         "Roman": SurveyTable(
             MappingProxyType(
@@ -104,6 +122,7 @@ SURVEYS: MappingProxyType = MappingProxyType(
                 "sedpy:roman_wfi_",
                 {b: b.lower() for b in ("F062", "F087", "F106", "F129", "F146", "F158", "F184")},
             ),
+            psf_fwhm_scatter=0.03,
         ),
     }
 )
@@ -183,13 +202,14 @@ def band_settings(
     Returns:
         One dict per band with lenstronomy's keys (``exposure_time`` [s],
         ``num_exposures``, ``sky_brightness`` [mag/arcsec²], ``magnitude_zero_point``
-        [mag giving 1 e-/s], ``seeing`` [arcsec FWHM], ``psf_type``, ``read_noise``
+        [mag giving 1 e-/s], ``seeing`` [arcsec: the median PSF FWHM of the survey's
+        images, ``SurveyTable.psf_fwhm`` where given], ``psf_type``, ``read_noise``
         [e-], ``pixel_scale`` [arcsec], ``ccd_gain`` [e-/ADU]).
 
     Raises:
         ValueError: lenstronomy does not support a band / depth / mode combination.
     """
-    _table(name)
+    table = _table(name)
     settings = []
     for band in bands:
         try:
@@ -197,6 +217,7 @@ def band_settings(
         except ValueError as error:
             raise ValueError(f"survey {name} band {band}: {error}") from None
         kwargs["psf_type"] = psf_type
+        kwargs["seeing"] = table.psf_fwhm.get(band, kwargs.get("seeing"))
         if kwargs.get("seeing") is None:
             raise ValueError(f"survey {name} band {band}: no seeing for a Gaussian PSF")
         if pixel_scale is not None:
@@ -214,6 +235,11 @@ def band_wavelengths(name: str, bands: Sequence[str]) -> tuple[float, ...]:
             f"unknown band(s) {unknown} for survey {name}; expected some of {list(table)}"
         )
     return tuple(table[band] for band in bands)
+
+
+def band_psf_scatter(name: str) -> float:
+    """Standard deviation of ln(PSF FWHM) from lens to lens in survey ``name``."""
+    return _table(name).psf_fwhm_scatter
 
 
 def band_filters(name: str, bands: Sequence[str]) -> tuple[str, ...]:

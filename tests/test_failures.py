@@ -104,6 +104,18 @@ def test_bad_neighbour_settings_are_one_line_naming_the_field(text, message):
     assert "\n" not in str(error.value)
 
 
+def test_bad_psf_or_noise_setting_is_refused_naming_the_field():
+    for text, field in (
+        ("survey: {psf: {profile: airy}}\n", r"survey\.psf\.profile: "),
+        ("survey: {psf: {beta: 0.5}}\n", r"survey\.psf\.beta: "),
+        ("survey: {psf: {fwhm_scale: -1}}\n", r"survey\.psf\.fwhm_scale: "),
+        ("survey: {noise_scale: 0}\n", r"survey\.noise_scale: "),
+        ("survey: {psf_type: GAUSSIAN}\n", r"survey: psf_type .*replaced by psf"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load_config(text)
+
+
 def test_empty_config_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing here\n")

@@ -38,6 +38,9 @@ def _row(simulator, **values):
     for name in simulator.nuisance_names:
         if "_mag_" in name:
             row[simulator.nuisance_names.index(name)] = 99.0
+    median = simulator.config.survey.psf_median_fwhm()
+    for band, fwhm in zip(simulator.bands, median, strict=True):
+        row[simulator.nuisance_names.index(f"psf_fwhm_{band}")] = fwhm
     for name, value in values.items():
         row[simulator.nuisance_names.index(name)] = value
     row[simulator.nuisance_names.index("lens_R_sersic")] = values.get("lens_R_sersic", 1.0)
@@ -54,8 +57,9 @@ def test_properties(simulator):
     from sbi_lens.neighbours import NEIGHBOUR_COLUMNS
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 2 * 3 + 3
-    assert simulator.population_names[-3:] == NEIGHBOUR_COLUMNS
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + 3
+    psf = ("psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_i")
+    assert simulator.population_names[-6:] == psf + NEIGHBOUR_COLUMNS
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
@@ -100,10 +104,14 @@ def test_noise_free_images_equal_lenstronomy(simulator, theta, config):
             reference = sim.image_model_class(kw["kwargs_numerics"]).image(
                 kwargs_lens=kw["kwargs_lens"], kwargs_source=source, kwargs_lens_light=lens_light
             )
-            # Same operations in the same order up to the linear split a·L + b·S: only
-            # floating-point rounding differs (measured ~1e-16 relative).
+            # Same operations up to the linear split a·L + b·S and one FFT for all bands:
+            # only floating-point rounding differs. The PSF is the lens's own pixel
+            # kernel (PIXEL), of its drawn FWHM in this band. Neighbours are rendered in
+            # float32 (1e-7 of their light; images are stored in float32 anyway).
+            assert kw["kwargs_band"]["psf_type"] == "PIXEL"
+            rtol = 1e-6 if config is CONFIG else 2e-5
             np.testing.assert_allclose(
-                clean[i, b], reference, rtol=1e-5, atol=1e-9 * reference.max()
+                clean[i, b], reference, rtol=rtol, atol=1e-9 * reference.max()
             )
             np.testing.assert_allclose(
                 out.images[i, b], reference, rtol=1e-5, atol=1e-6 * reference.max()
@@ -206,3 +214,18 @@ def test_isothermal_slope_gives_the_sie_images(simulator, theta):
     _, sources, _ = simulator.render_parts(theta[:3], steep)
     _, isothermal, _ = simulator.render_parts(theta[:3], nuisance)
     assert np.abs(sources - isothermal).max() > 0.05 * isothermal.max()
+
+
+def test_resolved_test_uses_the_lens_own_fwhm(simulator):
+    # θ_E = 0.5", r_s = 0.2": resolved for FWHM < 2·√(θ_E² − r_s²) ≈ 0.92".
+    theta = np.array([[0.5, 2.0, 0.5, 250.0]] * 2)
+    rows = np.tile(_row(simulator, source_R_sersic=0.2, source_mag_g=20.0), (2, 1))
+    for band in simulator.bands:
+        rows[1, simulator.nuisance_names.index(f"psf_fwhm_{band}")] = 1.2
+    images, sources, magnification = simulator.render_parts(theta, rows)
+    _, resolved = simulator.selection_columns(theta, rows, images, sources, magnification)
+    assert resolved.tolist() == [True, False]
+    assert simulator.prefilter(theta, rows).tolist()[1] is False
+    # The wider PSF spreads the same flux: a lower peak, the same total.
+    assert images[1].max() < images[0].max()
+    np.testing.assert_allclose(images[1].sum(axis=(1, 2)), images[0].sum(axis=(1, 2)), rtol=0.02)
