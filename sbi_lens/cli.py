@@ -235,6 +235,51 @@ def _infer(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- robustness
+def _add_robustness(sub) -> None:
+    p = sub.add_parser(
+        "robustness",
+        help="bias and coverage of a model on stores that each change one thing of its simulation",
+    )
+    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("--out", required=True, help="folder for the stores and the table")
+    p.add_argument(
+        "--shift",
+        action="append",
+        help="a shift to apply, by name (repeatable; default: all; see docs/robustness.md)",
+    )
+    p.add_argument("--num", type=_positive_int, default=2000, help="lenses per store (2000)")
+    p.add_argument("--seed", type=int, default=7, help="simulation seed of every store (7)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="simulation processes")
+    p.add_argument("--num-samples", type=_positive_int, default=500, help="samples/lens (500)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.set_defaults(handler=_robustness, subparser=p, aliases={"out_dir": "--out"})
+
+
+def _robustness(args) -> int:
+    from sbi_lens.robustness import DEFAULT_SHIFTS, format_robustness_table, run_robustness
+
+    known = [shift.name for shift in DEFAULT_SHIFTS]
+    unknown = sorted(set(args.shift or ()) - set(known))
+    if unknown:
+        raise ValueError(f"--shift: unknown shift(s) {unknown}; expected some of {known}")
+    shifts = tuple(s for s in DEFAULT_SHIFTS if args.shift is None or s.name in args.shift)
+    rows = run_robustness(
+        args.model,
+        args.out,
+        shifts=shifts,
+        num=args.num,
+        seed=args.seed,
+        workers=args.workers,
+        num_samples=args.num_samples,
+        device=args.device,
+        progress=True,
+    )
+    print(format_robustness_table(rows))
+    print(f"table: {args.out}/robustness.md")
+    return 0
+
+
 # ---------------------------------------------------------------------- quickstart
 def _add_quickstart(sub) -> None:
     p = sub.add_parser(
@@ -274,7 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_simulate, _add_show, _add_train, _add_diagnose, _add_infer, _add_quickstart]
+_SUBCOMMANDS = [
+    _add_simulate,
+    _add_show,
+    _add_train,
+    _add_diagnose,
+    _add_infer,
+    _add_robustness,
+    _add_quickstart,
+]
 
 
 # Library errors name Python arguments (``crop=True``); these are the flags that set
