@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SHIFTS",
     "ParameterShift",
     "RobustnessRow",
+    "Scale",
     "Shift",
     "format_robustness_table",
     "run_robustness",
@@ -48,7 +49,8 @@ class Shift:
     Attributes:
         name: short identifier (a store and table row name).
         description: what it changes, for the table.
-        overrides: nested config values to set, e.g. ``{"survey": {"noise_scale": 1.1}}``.
+        overrides: nested config values to set, e.g. ``{"survey": {"noise_scale": 1.1}}``;
+            a :class:`Scale` multiplies the config's own value.
     """
 
     name: str
@@ -56,8 +58,19 @@ class Shift:
     overrides: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Scale:
+    """An override that multiplies the config's own value (e.g. ×2 the slope spread)."""
+
+    factor: float
+
+
 DEFAULT_SHIFTS: tuple[Shift, ...] = (
-    Shift("psf_fwhm_+10%", "every PSF FWHM 10 % wider", {"survey": {"psf": {"fwhm_scale": 1.1}}}),
+    Shift(
+        "psf_fwhm_+10%",
+        "every PSF FWHM 10 % wider",
+        {"survey": {"psf": {"fwhm_scale": Scale(1.1)}}},
+    ),
     Shift(
         "psf_gaussian",
         "Gaussian PSF instead of Moffat",
@@ -66,15 +79,17 @@ DEFAULT_SHIFTS: tuple[Shift, ...] = (
     Shift(
         "neighbours_x2",
         "twice the density of neighbouring galaxies",
-        {"neighbours": {"density_scale": 2.0}},
+        {"neighbours": {"density_scale": Scale(2.0)}},
     ),
-    Shift("noise_+10%", "noise rms 10 % higher", {"survey": {"noise_scale": 1.1}}),
+    Shift("noise_+10%", "noise rms 10 % higher", {"survey": {"noise_scale": Scale(1.1)}}),
     Shift(
         "colour_scatter_x2",
-        "lens colour scatter ×2",
-        {"population": {"lens_colour_scatter_scale": 2.0}},
+        "lens colour scatter at fixed σ_v ×2",
+        {"population": {"lens_colour_scatter": Scale(2.0)}},
     ),
-    Shift("slope_width_x2", "mass-slope γ′ spread ×2", {"population": {"lens_slope_std": 0.32}}),
+    Shift(
+        "slope_width_x2", "mass-slope γ′ spread ×2", {"population": {"lens_slope_std": Scale(2.0)}}
+    ),
 )
 
 
@@ -88,6 +103,8 @@ def _merge(base: dict, overrides: dict, path: str = "") -> dict:
             if not isinstance(base[key], dict):
                 raise ValueError(f"shift overrides: {where!r} is not a section")
             merged[key] = _merge(base[key], value, where + ".")
+        elif isinstance(value, Scale):
+            merged[key] = value.factor * base[key]
         else:
             merged[key] = value
     return merged

@@ -219,9 +219,10 @@ def test_fingerprint_identifies_content_not_path(copy, reference, tiny_config, t
     assert other.fingerprint != fingerprint
 
 
-def test_schema_1_store_asks_to_resimulate(copy):
-    zarr.open_group(str(copy), mode="r+").attrs["schema_version"] = 1
-    with pytest.raises(StoreError, match="schema_version is 1, expected 2; re-simulate"):
+@pytest.mark.parametrize("old", [1, 2])
+def test_old_schema_store_asks_to_resimulate(copy, old):
+    zarr.open_group(str(copy), mode="r+").attrs["schema_version"] = old
+    with pytest.raises(StoreError, match=f"schema_version is {old}, expected 3; re-simulate"):
         SimulationStore.open(copy)
 
 
