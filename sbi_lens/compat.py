@@ -8,6 +8,8 @@ message naming the symbol, instead of somewhere deep in a diagnostics run.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ __all__ = [
     "lenstronomy_bin_rows",
     "lenstronomy_convolve",
     "posterior_device",
+    "quiet_skypy_import",
     "reset_cached_inverse",
     "run_tarp_on_samples",
     "sbi_model_builders",
@@ -128,3 +131,17 @@ def lenstronomy_bin_rows(numerics, fluxes: Any) -> list:
     rows = sum(rows[:, :, j] for j in range(f)).reshape(len(fluxes), nx, ny, f)
     low = sum(rows[..., j] for j in range(f)) / (f * f)
     return [(image, None) for image in low]
+
+
+@contextlib.contextmanager
+def quiet_skypy_import():
+    """Import skypy without astropy's "WARNING: AstropyDeprecationWarning: The TestRunner
+    class is deprecated" lines: skypy's package ``__init__`` imports astropy's test
+    runner, and astropy's logger prints that warning on every command line run."""
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The TestRunner", category=AstropyDeprecationWarning
+        )
+        yield

@@ -183,12 +183,16 @@ def _global_numpy_seed(seed: int):
 def _skypy_population(kind: str, m_lim: float, cosmology) -> tuple[np.ndarray, ...]:
     """(z, M_B, physical size [kpc], |e|) of one population from skypy's samplers."""
     import astropy.units as u
-    from skypy.galaxies import schechter_lf
-    from skypy.galaxies.morphology import (
-        beta_ellipticity,
-        early_type_lognormal_size,
-        late_type_lognormal_size,
-    )
+
+    from sbi_lens.compat import quiet_skypy_import
+
+    with quiet_skypy_import():
+        from skypy.galaxies import schechter_lf
+        from skypy.galaxies.morphology import (
+            beta_ellipticity,
+            early_type_lognormal_size,
+            late_type_lognormal_size,
+        )
 
     lf = _LF[kind]
     redshift_grid = np.linspace(0.01, POOL_Z_MAX, 500)

@@ -73,7 +73,10 @@ def kcorrect_templates() -> tuple[np.ndarray, np.ndarray]:
         wavelength: (n,) rest-frame wavelength [Å].
         templates: (5, n) f_λ [erg s⁻¹ cm⁻² Å⁻¹] at 10 pc per unit stellar mass formed.
     """
-    from skypy.galaxies.spectrum import kcorrect
+    from sbi_lens.compat import quiet_skypy_import
+
+    with quiet_skypy_import():
+        from skypy.galaxies.spectrum import kcorrect
 
     wavelength = np.asarray(kcorrect.wavelength.to_value("angstrom"), dtype=float)
     templates = np.asarray(kcorrect.templates.to_value("erg s-1 cm-2 angstrom-1"), dtype=float)

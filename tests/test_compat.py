@@ -100,3 +100,14 @@ def test_lenstronomy_binning_and_convolution_split_equals_re_size_convolve():
             lenstronomy_convolve(numerics, lenstronomy_bin(numerics, flux)),
             numerics.re_size_convolve(flux),
         )
+
+
+def test_skypy_import_prints_no_astropy_deprecation_lines():
+    """skypy imports astropy's deprecated test runner; a user must not see that warning."""
+    import subprocess
+    import sys
+
+    code = "from sbi_lens.photometry import kcorrect_templates; kcorrect_templates()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "TestRunner" not in result.stderr + result.stdout
