@@ -86,9 +86,27 @@ def _show(args) -> int:
     store = SimulationStore.open(args.store)
     chunks = store.require_complete(allow_partial=args.allow_partial)
     theta, x = store.load(limit=args.num, chunks=chunks)
-    path = plot_montage(x, theta, bands=store.layout.bands, out=args.out)
+    path = plot_montage(
+        x, theta, bands=store.layout.bands, out=args.out, psf_kernels=_store_psfs(store, len(x))
+    )
     print(f"wrote {path}")
     return 0
+
+
+def _store_psfs(store, num: int):
+    """Per-lens PSF kernels (bands, n, n) of a simulated store's first lenses, or None
+    for a store without PSF columns (e.g. one written by hand)."""
+    import numpy as np
+
+    from sbi_lens.simulator import LensSimulator
+
+    names = list(store.layout.nuisance_names)
+    columns = [f"psf_fwhm_{band}" for band in store.layout.bands]
+    if not set(columns) <= set(names):
+        return None
+    fwhm = np.asarray(store.nuisance[:num])[:, [names.index(c) for c in columns]]
+    simulator = LensSimulator(store.config)
+    return [simulator.psf_kernels(row) for row in fwhm]
 
 
 # ---------------------------------------------------------------------- train

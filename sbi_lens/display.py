@@ -36,27 +36,38 @@ def lupton_rgb(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarr
     return make_lupton_rgb(red - sky, green - sky, blue - sky, minimum=0, stretch=stretch, Q=8)
 
 
-def colour_residual(blue: np.ndarray, red: np.ndarray) -> np.ndarray:
+def colour_residual(
+    blue: np.ndarray, red: np.ndarray, kernels: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Bluest band minus the lens modelled from the reddest, stretched to [0, 1].
 
     A lens search's colour-difference image (RingFinder, Gavazzi et al. 2014): the lens
     galaxy has one colour, so the bluest band minus the reddest scaled by the lens's
-    blue/red flux ratio leaves what is bluer than the lens: arcs. The bands' PSFs differ
-    slightly, so the lens is modelled as a·red + b·∇²red (a Gaussian blur to first
-    order), fitted by least squares on the 5×5 pixels around the lens peak, where the
-    lens dominates. Shown with an asinh softened at twice the residual's noise (MAD).
+    blue/red flux ratio leaves what is bluer than the lens: arcs. The bands' PSFs differ:
+    with the PSFs known (``kernels``), each band is convolved with the other's PSF so
+    both have the same one (as difference imaging does); otherwise the lens is modelled
+    as a·red + b·∇²red (a Gaussian blur to first order). The scale is fitted by least
+    squares on the 5×5 pixels around the lens peak, where the lens dominates. Shown with
+    an asinh softened at twice the residual's noise (MAD).
 
     Args:
         blue, red: (H, W) images of the bluest and reddest band, same flux unit.
+        kernels: optional (blue PSF, red PSF), each (n, n) summing to 1, n odd.
     """
-    from scipy.ndimage import laplace
+    if kernels is not None:
+        from sbi_lens.psf import convolve
 
-    curvature = laplace(red)
+        blue, red = convolve(blue, kernels[1]), convolve(red, kernels[0])
+        terms = [red]
+    else:
+        from scipy.ndimage import laplace
+
+        terms = [red, laplace(red)]
     y, x = np.unravel_index(np.argmax(red), red.shape)
     core = (slice(max(y - 2, 0), y + 3), slice(max(x - 2, 0), x + 3))
-    design = np.stack([red[core].ravel(), curvature[core].ravel()], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design, blue[core].ravel(), rcond=None)
-    residual = blue - a * red - b * curvature
+    design = np.stack([term[core].ravel() for term in terms], axis=1)
+    scales, *_ = np.linalg.lstsq(design, blue[core].ravel(), rcond=None)
+    residual = blue - sum(scale * term for scale, term in zip(scales, terms, strict=True))
     residual = residual - np.median(residual)
     noise = max(1.4826 * np.median(np.abs(residual)), 1e-12)
     soft = 2.0 * noise

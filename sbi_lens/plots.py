@@ -382,6 +382,7 @@ def plot_montage(
     out: str | Path,
     bands: Sequence[str] | None = None,
     max_images: int = 16,
+    psf_kernels: Sequence[np.ndarray] | None = None,
 ) -> Path:
     """Grid of lens images, each titled with its parameters.
 
@@ -398,6 +399,8 @@ def plot_montage(
         out: Output PNG path.
         bands: Band names, used in the title.
         max_images: At most this many images are shown.
+        psf_kernels: optional per lens (bands, n, n) PSF kernels: the colour difference
+            is then PSF-matched (see :func:`~sbi_lens.display.colour_residual`).
 
     Returns:
         The PNG path.
@@ -427,7 +430,9 @@ def plot_montage(
         img = x[i]
         if colour:
             axes[0].imshow(lupton_rgb(img[-1], img[-2], img[-3]), origin="lower")
-            axes[1].imshow(colour_residual(img[0], img[-1]), origin="lower", cmap="gray")
+            kernels = None if psf_kernels is None else (psf_kernels[i][0], psf_kernels[i][-1])
+            residual = colour_residual(img[0], img[-1], kernels)
+            axes[1].imshow(residual, origin="lower", cmap="gray")
         else:
             axes[0].imshow(asinh_stretch(img[0]), origin="lower", cmap="gray")
         panel.suptitle(_montage_title(theta[i]), fontsize=8)
