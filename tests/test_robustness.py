@@ -16,7 +16,9 @@ from sbi_lens.training import train
 
 def test_shifted_config_changes_only_the_named_field():
     base = load_config("lsst_gri")
-    shifted = shifted_config(base, Shift("shear", "more shear", {"population": {"shear_std": 0.06}}))
+    shifted = shifted_config(
+        base, Shift("shear", "more shear", {"population": {"shear_std": 0.06}})
+    )
     assert shifted.population.shear_std == 0.06
     assert shifted.model_dump(exclude={"name", "population"}) == base.model_dump(
         exclude={"name", "population"}
