@@ -315,15 +315,16 @@ class ModelFolder:
         recorded = info.raw.get("store_schema_version")
         if recorded == SCHEMA_VERSION:
             return
+        trained_on = f"schema {recorded}" if recorded is not None else "a schema it does not record"
         if self.shipped:
             made_by = info.raw.get("versions", {}).get("sbi_lens", "?")
             raise ValueError(
-                f"shipped model {self.path.name} was trained on store schema {recorded}; "
+                f"shipped model {self.path.name} was trained on store {trained_on}; "
                 f"this sbi-lens simulates schema {SCHEMA_VERSION}; use sbi-lens {made_by}, "
                 "or rebuild it with benchmarks/reference/ship_lsst_gri.sh"
             )
         warnings.warn(
-            f"{self.path}: trained on store schema {recorded}, this sbi-lens simulates "
+            f"{self.path}: trained on store {trained_on}, this sbi-lens simulates "
             f"schema {SCHEMA_VERSION}; its figures describe the old simulation; retrain "
             "on a new store for results of this version",
             StaleModelWarning,
