@@ -25,6 +25,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_MODEL_HELP = "MODEL folder written by `sbi-lens train`, or a shipped model's name (lsst_gri)"
+
+
 # ---------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="simulate a training set into a zarr store")
@@ -151,7 +154,7 @@ def _train(args) -> int:
 # ---------------------------------------------------------------------- diagnose
 def _add_diagnose(sub) -> None:
     p = sub.add_parser("diagnose", help="R², coverage, SBC and TARP of a model on a held-out store")
-    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("store", help="held-out simulation store (not the training store)")
     p.add_argument("--out", required=True, help="REPORT folder to write")
     p.add_argument("--num-obs", type=_positive_int, default=2000, help="test lenses (2000)")
@@ -193,7 +196,7 @@ def _add_infer(sub) -> None:
             "--bands order, else the model's)."
         ),
     )
-    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE.fits", help="FITS cutouts")
     p.add_argument("--out", default="inference", help="output folder (default ./inference)")
     p.add_argument("--bands", default=None, help="band order of the input, e.g. g,r,i")
@@ -259,7 +262,7 @@ def _add_robustness(sub) -> None:
         "robustness",
         help="bias and coverage of a model on stores that each change one thing of its simulation",
     )
-    p.add_argument("model", help="MODEL folder written by `sbi-lens train`")
+    p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("--out", required=True, help="folder for the stores and the table")
     p.add_argument(
         "--shift",
@@ -295,6 +298,19 @@ def _robustness(args) -> int:
     )
     print(format_robustness_table(rows))
     print(f"table: {args.out}/robustness.md")
+    return 0
+
+
+# ---------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="the trained models shipped with sbi-lens, by name")
+    p.set_defaults(handler=_models, subparser=p)
+
+
+def _models(args) -> int:
+    from sbi_lens.shipped import format_models_table
+
+    print(format_models_table())
     return 0
 
 
@@ -344,6 +360,7 @@ _SUBCOMMANDS = [
     _add_diagnose,
     _add_infer,
     _add_robustness,
+    _add_models,
     _add_quickstart,
 ]
 

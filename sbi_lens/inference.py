@@ -367,7 +367,7 @@ def run_inference(
     for the same inputs, ``seed`` and ``batch_size``.
 
     Args:
-        model_dir: MODEL folder written by ``sbi-lens train``.
+        model_dir: MODEL folder written by ``sbi-lens train``, or a shipped model's name.
         images: FITS files (cubes, or consecutive single-band files per lens).
         out: Output folder: new, empty, or one ``infer`` made (refused if it already
             holds results).

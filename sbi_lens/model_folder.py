@@ -6,6 +6,10 @@ for resuming), ``history.csv``, ``training_curve.png`` and ``ood_reference.pt`` 
 out-of-distribution test's reference, :mod:`sbi_lens.ood`). A saved model is
 hyperparameters (``model.json``) plus array values (``weights.pt``): loading it
 rebuilds the modules from the former and fills them from the latter, with no data.
+
+A MODEL argument is a path or the name of a shipped model (:mod:`sbi_lens.shipped`);
+an existing path wins. ``model.json`` records the store schema of the training store:
+a shipped model of another schema is refused, a user's own one loads with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import json
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +28,24 @@ import yaml
 
 from sbi_lens import PARAMETER_NAMES, __version__
 from sbi_lens.config import SimulationConfig, TrainConfig, parse_config, parse_train_config
+from sbi_lens.shipped import locate_model, shipped_model_names
 
-__all__ = ["MODEL_FORMAT", "ModelFolder", "ModelInfo", "load_posterior", "resolve_device"]
+__all__ = [
+    "MODEL_FORMAT",
+    "ModelFolder",
+    "ModelInfo",
+    "StaleModelWarning",
+    "load_posterior",
+    "resolve_device",
+]
 
 # 2: model.json records the training store's fingerprint and its train/validation chunks.
 MODEL_FORMAT = 2
 _REQUIRED_KEYS = ("bands", "image_shape", "pixel_scale", "simulation_config", "train_config")
+
+
+class StaleModelWarning(UserWarning):
+    """A model trained on another store schema than this sbi-lens simulates."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +81,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import lenstronomy
     import sbi
     import zuko
 
-    return {
+    versions = {
         "sbi_lens": __version__,
         "sbi": sbi.__version__,
         "torch": torch.__version__,
@@ -77,17 +96,29 @@ def _versions() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+    # The simulation's other libraries: a rebuilt model is only the same with these.
+    for package in ("astropy", "scipy", "zarr", "skypy", "speclite", "astro-sedpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 class ModelFolder:
     """One MODEL folder: read and write its files.
 
     Args:
-        path: the folder (need not exist yet when writing a new model).
+        path: the folder (need not exist yet when writing a new model), or the name of
+            a shipped model (``"lsst_gri"``); an existing path wins over a name.
+
+    Attributes:
+        path: the resolved folder.
+        shipped: whether it is a shipped (read-only) model.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path, self.shipped = locate_model(path)
 
     def __repr__(self) -> str:
         return f"ModelFolder({str(self.path)!r})"
@@ -148,6 +179,12 @@ class ModelFolder:
 
     def raw_info(self) -> dict:
         """``model.json`` as a dict, without validation (one-line errors if unreadable)."""
+        if not self.path.exists():
+            names = ", ".join(shipped_model_names()) or "none"
+            raise ValueError(
+                f"{self.path}: no such MODEL folder and no shipped model of that name "
+                f"(shipped: {names}); give a folder written by `sbi-lens train`"
+            )
         if not self.info_path.exists():
             raise ValueError(f"{self.path}: not a sbi-lens model folder (no model.json)")
         try:
@@ -163,8 +200,21 @@ class ModelFolder:
         """``training`` (an unfinished run), ``trained``, or None without model.json."""
         return self.raw_info().get("status") if self.holds_model() else None
 
+    def require_writable(self) -> None:
+        """Raise ValueError for a shipped model: training must never write into one."""
+        if self.shipped:
+            raise ValueError(
+                f"model_dir={str(self.path)!r} is a shipped model, which is read-only; "
+                "train into a new model_dir (copy the folder first to train it further)"
+            )
+
     def write_info(self, store, train: TrainConfig, status: str, extra: dict | None = None):
-        """Write ``model.json`` for a model trained on ``store`` (a SimulationStore)."""
+        """Write ``model.json`` for a model trained on ``store`` (a SimulationStore).
+
+        Records the store's seed, fingerprint and schema version, the library versions
+        and, when ``extra`` names the ``train_chunks``, the number of training lenses.
+        """
+        self.require_writable()
         layout = store.layout
         info = {
             "format": MODEL_FORMAT,
@@ -178,9 +228,13 @@ class ModelFolder:
             "store": str(store.path),
             "store_seed": store.seed,
             "store_fingerprint": store.fingerprint,
+            "store_schema_version": int(store.attrs["schema_version"]),
             "versions": _versions(),
         }
         info.update(extra or {})
+        if "train_chunks" in info:
+            slices = [layout.chunk_slice(int(k)) for k in info["train_chunks"]]
+            info["num_train_lenses"] = sum(s.stop - s.start for s in slices)
         self.path.mkdir(parents=True, exist_ok=True)
         self.info_path.write_text(json.dumps(info, indent=2))
 
@@ -241,6 +295,7 @@ class ModelFolder:
 
         if not self.weights_path.exists():
             raise ValueError(f"{self.path}: no weights.pt (training has not finished an epoch)")
+        self._check_schema(info)
         torch_device = resolve_device(device)
         estimator = rebuild_estimator(
             info.simulation, info.train, len(info.bands), info.image_shape
@@ -252,6 +307,29 @@ class ModelFolder:
             raise ValueError(f"{self.weights_path}: does not fit model.json's architecture "
                              f"({reason})") from None  # fmt: skip
         return estimator.to(torch_device).eval()
+
+    def _check_schema(self, info: ModelInfo) -> None:
+        """Refuse a stale shipped model; warn once about a user's model of another schema."""
+        from sbi_lens.store import SCHEMA_VERSION
+
+        recorded = info.raw.get("store_schema_version")
+        if recorded == SCHEMA_VERSION:
+            return
+        trained_on = f"schema {recorded}" if recorded is not None else "a schema it does not record"
+        if self.shipped:
+            made_by = info.raw.get("versions", {}).get("sbi_lens", "?")
+            raise ValueError(
+                f"shipped model {self.path.name} was trained on store {trained_on}; "
+                f"this sbi-lens simulates schema {SCHEMA_VERSION}; use sbi-lens {made_by}, "
+                "or rebuild it with benchmarks/reference/ship_lsst_gri.sh"
+            )
+        warnings.warn(
+            f"{self.path}: trained on store {trained_on}, this sbi-lens simulates "
+            f"schema {SCHEMA_VERSION}; its figures describe the old simulation; retrain "
+            "on a new store for results of this version",
+            StaleModelWarning,
+            stacklevel=3,
+        )
 
     def load_posterior(self, device: str = "cpu"):
         """An sbi ``DirectPosterior`` ready for sample/sample_batched/log_prob."""
@@ -301,7 +379,8 @@ def load_posterior(model_dir: str | Path, device: str = "cpu"):
     """An sbi ``DirectPosterior`` for a MODEL folder, ready for sample/sample_batched/log_prob.
 
     Args:
-        model_dir: the MODEL folder written by :func:`sbi_lens.train`.
+        model_dir: the MODEL folder written by :func:`sbi_lens.train`, or the name of
+            a shipped model (``"lsst_gri"``, see ``sbi-lens models``).
         device: ``'cpu'``, ``'cuda'`` or ``'auto'``.
     """
     return ModelFolder(model_dir).load_posterior(device)

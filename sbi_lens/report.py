@@ -60,7 +60,7 @@ def diagnose(
     refused, since accuracy on training data says nothing about held-out accuracy.
 
     Args:
-        model_dir: MODEL folder.
+        model_dir: MODEL folder, or a shipped model's name (``"lsst_gri"``).
         store_path: held-out simulation store.
         out_dir: REPORT folder: new, empty or one ``diagnose`` made.
         num_obs: held-out lenses to use.

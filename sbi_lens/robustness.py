@@ -207,7 +207,8 @@ def run_robustness(
     ``robustness.json``, ``robustness.md`` and ``robustness.png``.
 
     Args:
-        model_dir: MODEL folder; its training simulation config is the baseline.
+        model_dir: MODEL folder or shipped model name; its training simulation config is
+            the baseline.
         out_dir: folder for the stores and the table (created if needed).
         shifts: the shifts to apply, one store each (plus the baseline).
         num: held-out lenses per store.

@@ -160,6 +160,8 @@ def train(
             the model's when continuing, an unavailable device, an incomplete store.
         NonFiniteLossError: the training or validation loss became NaN or infinite.
     """
+    if resume or Path(model_dir).exists():  # a shipped model's name resolves when resuming
+        ModelFolder(model_dir).require_writable()
     if resume and ModelFolder(model_dir).status is None:  # before anything is created
         raise ValueError(f"resume=True: {model_dir} holds no model to resume")
     store = SimulationStore.open(store_path)

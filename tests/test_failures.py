@@ -521,6 +521,19 @@ def test_damaged_model_json_is_one_line_naming_the_file(rings, tmp_path, capsys,
     assert message in _one_line_error(capsys)
 
 
+def test_a_stale_shipped_model_is_one_line_and_writes_nothing(rings, tmp_path, capsys, monkeypatch):
+    import sbi_lens.shipped as shipped
+
+    model = shutil.copytree(rings[2], tmp_path / "models" / "old")
+    info = json.loads((model / "model.json").read_text())
+    info["store_schema_version"] = 2
+    (model / "model.json").write_text(json.dumps(info))
+    monkeypatch.setattr(shipped, "SHIPPED_MODELS_DIR", tmp_path / "models")
+    assert main(["diagnose", "old", rings[1].path, "--out", str(tmp_path / "r")]) == 2
+    assert "shipped model old was trained on store schema 2" in _one_line_error(capsys)
+    assert not (tmp_path / "r").exists()
+
+
 # ====================================================================== diagnose and infer
 def test_diagnose_recognises_a_copy_of_the_training_store(rings, tmp_path, capsys):
     copy_of_training = shutil.copytree(rings[0].path, tmp_path / "elsewhere.zarr")
