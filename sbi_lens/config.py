@@ -295,6 +295,9 @@ class PopulationConfig(_Strict):
         lens_evolution: passive brightening of the lens dM_r/dz [mag per unit redshift].
         lens_size_evolution: exponent of (1+z) in the lens size at fixed σ_v and
             luminosity (van der Wel et al. 2008: −0.98).
+        lens_size_reference_z: redshift at which the fundamental-plane sizes hold (the
+            SDSS sample's median z ≈ 0.1, Bernardi et al. 2003); size evolution is
+            applied relative to it.
         lens_sersic_median, lens_sersic_scatter_dex: Sérsic index of the lens light.
         light_misalignment_deg: rms of the light–mass position-angle difference
             (Koopmans et al. 2006: ≈10°).
@@ -331,6 +334,7 @@ class PopulationConfig(_Strict):
     lens_centre_std: float = Field(0.05, ge=0)
     lens_evolution: float = Field(1.2, ge=0, le=3)
     lens_size_evolution: float = Field(-0.98, ge=-3, le=1)
+    lens_size_reference_z: float = Field(0.1, ge=0, le=0.5)
     lens_sersic_median: float = Field(4.0, ge=1, le=8)
     lens_sersic_scatter_dex: float = Field(0.1, ge=0, le=0.5)
     light_misalignment_deg: float = Field(10.0, ge=0, le=90)

@@ -220,7 +220,9 @@ def _draw_lens(lens: ThetaColumns, config: PopulationConfig, streams, da_lens) -
     )
     plane = streams.generator("lens_fundamental_plane").standard_normal((n, 2))
     today, size_today = lens_light_from_fundamental_plane(lens.sigma_v, plane)
-    size_kpc = size_evolution(size_today, lens.z_lens, config.lens_size_evolution)
+    size_kpc = size_evolution(
+        size_today, lens.z_lens, config.lens_size_evolution, config.lens_size_reference_z
+    )
     light_e1, light_e2 = light_ellipticity(
         mass_e1,
         mass_e2,
