@@ -212,6 +212,7 @@ def test_symmetry_survives_the_model_folder_round_trip(tmp_path):
     from sbi_lens.config import EmbeddingSettings, TrainConfig, parse_config
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.priors import LensPrior
+    from sbi_lens.streaming import augment_dihedral
 
     simulation = parse_config(yaml.safe_load(TINY_SIMULATION))
     train = TrainConfig(embedding=EmbeddingSettings(widths=(4, 8), out_features=8, symmetry="d4"))
@@ -224,6 +225,14 @@ def test_symmetry_survives_the_model_folder_round_trip(tmp_path):
     folder = ModelFolder(tmp_path / "model")
     folder.write_info(store, train, "trained")
     folder.save_best(estimator.state_dict())
+
+    # sbi-lens train's D4 augmentation leaves such a model's loss unchanged (to round-off).
+    augmented = augment_dihedral(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(augmented, x)
+    with torch.no_grad():
+        assert torch.allclose(estimator.train().loss(theta, augmented),
+                              estimator.loss(theta, x), atol=1e-4)  # fmt: skip
+    estimator.eval()
 
     loaded = folder.load_estimator()
     assert loaded.embedding_net.symmetry == "d4"
