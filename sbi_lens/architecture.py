@@ -28,6 +28,7 @@ def _embedding(train: TrainConfig, in_bands: int):
         widths=train.embedding.widths,
         blocks_per_stage=train.embedding.blocks_per_stage,
         norm=train.embedding.norm,
+        symmetry=train.embedding.symmetry,
     )
 
 

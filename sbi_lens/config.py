@@ -530,6 +530,19 @@ class EmbeddingSettings(_Strict):
     widths: tuple[int, ...] = (16, 32, 64)
     blocks_per_stage: int = Field(1, ge=1, le=8)
     norm: str = Field("group", pattern="^(group|batch)$")
+    # "d4": invariant to the 8 rotations/flips by group pooling (8× the trunk's cost);
+    # "c4": to the 4 rotations (4×). Absent in older model.json files: "none".
+    symmetry: str = "none"
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known_symmetry(cls, value: str) -> str:
+        if value not in ("none", "c4", "d4"):
+            raise ValueError(
+                f"must be 'none', 'c4' or 'd4', got {value!r} ('d4': invariant to the "
+                "8 rotations and flips)"
+            )
+        return value
 
 
 class TrainConfig(_Strict):

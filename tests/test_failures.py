@@ -19,7 +19,7 @@ from conftest import TINY_SIMULATION as TINY
 from conftest import write_ring_store
 
 from sbi_lens.cli import main
-from sbi_lens.config import ConfigError, TrainConfig, load_config
+from sbi_lens.config import ConfigError, TrainConfig, load_config, load_train_config
 from sbi_lens.inference import run_inference
 from sbi_lens.parallel import run_simulation
 from sbi_lens.store import SimulationStore, StoreError
@@ -114,6 +114,18 @@ def test_bad_psf_or_noise_setting_is_refused_naming_the_field():
     ):
         with pytest.raises(ConfigError, match=field):
             load_config(text)
+
+
+@pytest.mark.parametrize("value", ["d8", "D4", "rotations"])
+def test_unknown_embedding_symmetry_is_one_line_naming_field_and_value(tmp_path, value):
+    path = tmp_path / "train.yaml"
+    path.write_text(f"embedding: {{symmetry: {value}}}\n")
+    with pytest.raises(ConfigError) as error:
+        load_train_config(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: embedding.symmetry: must be 'none', 'c4' or 'd4'")
+    assert repr(value) in message
 
 
 def test_empty_config_file_is_an_error_naming_the_file(tmp_path):

@@ -6,6 +6,13 @@ with offset/scale (sky level and noise level) fixed from training data by
 and logarithmic for bright pixels, so faint arcs and a bright lens galaxy both land
 in a range a CNN handles (astronomers use the same stretch for display,
 Lupton et al. 1999).
+
+Symmetry: θ does not change when a cutout is rotated by k·90° or flipped. With
+``symmetry="d4"`` the network is invariant to these eight transforms by construction
+(group pooling: the trunk embeds all eight views and their pooled features are
+averaged over the group before the linear head), so the symmetry holds in any
+training loop, sbi's own included, not only where images are augmented.
+``"c4"`` averages over the four rotations only (half the cost; not flip-invariant).
 """
 
 from __future__ import annotations
@@ -15,9 +22,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LensResNet"]
+__all__ = ["SYMMETRIES", "LensResNet"]
 
 _MAD_TO_SIGMA = 1.4826  # MAD → σ for Gaussian noise
+SYMMETRIES = ("none", "c4", "d4")
+
+
+def _group_views(x: Tensor, symmetry: str) -> list[Tensor]:
+    """The views of ``x`` (B, C, H, W) the group pooling averages over.
+
+    Ordered flip-major, rotation-minor, so views with an odd number of quarter turns
+    (the ones whose H and W are swapped) sit at odd indices.
+    """
+    flips = (False, True) if symmetry == "d4" else (False,)
+    views = []
+    for flip in flips:
+        base = torch.flip(x, dims=(-1,)) if flip else x
+        views.extend(torch.rot90(base, k, dims=(-2, -1)) for k in range(4))
+    return views
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -67,6 +89,8 @@ class LensResNet(nn.Module):
         norm: ``"group"`` (default; batch-size independent, same in train and eval)
             or ``"batch"``.
         min_size: Smallest accepted image side in pixels.
+        symmetry: ``"none"`` (default), ``"d4"`` (exactly invariant to the 8 rotations
+            and flips, at 8× the trunk's cost) or ``"c4"`` (to the 4 rotations, 4×).
     """
 
     def __init__(
@@ -77,8 +101,11 @@ class LensResNet(nn.Module):
         blocks_per_stage: int = 1,
         norm: str = "group",
         min_size: int = 32,
+        symmetry: str = "none",
     ) -> None:
         super().__init__()
+        if symmetry not in SYMMETRIES:
+            raise ValueError(f"symmetry must be one of {', '.join(SYMMETRIES)}; got {symmetry!r}.")
         if in_bands < 1:
             raise ValueError(f"in_bands must be >= 1, got {in_bands}.")
         if not widths or min(widths) < 1:
@@ -88,6 +115,7 @@ class LensResNet(nn.Module):
         self.in_bands = in_bands
         self.out_features = out_features
         self.min_size = min_size
+        self.symmetry = symmetry
 
         self.register_buffer("offset", torch.zeros(in_bands))
         self.register_buffer("scale", torch.ones(in_bands))
@@ -182,6 +210,30 @@ class LensResNet(nn.Module):
             Features of shape ``(batch, out_features)``.
         """
         self._check(x)
-        h = self.stages(self.stem(self.scale_input(x)))
-        pooled = torch.cat((h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))), dim=-1)
+        z = self.scale_input(x)  # per-pixel, so it commutes with rotations and flips
+        pooled = self._pooled(z) if self.symmetry == "none" else self._group_pooled(z)
         return self.head(pooled)
+
+    def _pooled(self, z: Tensor) -> Tensor:
+        """Trunk + global mean and max pooling: (B, bands, H, W) → (B, 2·channels)."""
+        h = self.stages(self.stem(z))
+        return torch.cat((h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))), dim=-1)
+
+    def _group_pooled(self, z: Tensor) -> Tensor:
+        """Pooled features averaged over the group's views of each image.
+
+        The mean over a group orbit is the same whichever view of the image came in,
+        so the result is invariant whatever the trunk does (strided convolutions are
+        not equivariant on even grids; the average does not need them to be). The
+        views run as one batch (|G|·B, bands, H, W); non-square images in two, since
+        a quarter turn swaps H and W. With BatchNorm in training mode each pass still
+        holds whole orbits, so the batch statistics, too, are the same for any view.
+        """
+        views = _group_views(z, self.symmetry)
+        square = z.shape[-1] == z.shape[-2]
+        passes = [views] if square else [views[0::2], views[1::2]]
+        total = 0.0
+        for group in passes:
+            features = self._pooled(torch.cat(group))
+            total = total + features.unflatten(0, (len(group), z.shape[0])).sum(dim=0)
+        return total / len(views)
