@@ -212,6 +212,7 @@ def test_symmetry_survives_the_model_folder_round_trip(tmp_path):
     from sbi_lens.config import EmbeddingSettings, TrainConfig, parse_config
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.priors import LensPrior
+    from sbi_lens.store import SCHEMA_VERSION
     from sbi_lens.streaming import augment_dihedral
 
     simulation = parse_config(yaml.safe_load(TINY_SIMULATION))
@@ -221,7 +222,8 @@ def test_symmetry_survives_the_model_folder_round_trip(tmp_path):
     estimator = build_estimator(simulation, train, theta, x).eval()
     layout = SimpleNamespace(bands=("g", "r"), image_shape=(32, 32), pixel_scale=0.2)
     store = SimpleNamespace(layout=layout, config=simulation, path=tmp_path / "store",
-                            seed=0, fingerprint="test")  # fmt: skip
+                            seed=0, fingerprint="test",
+                            attrs={"schema_version": SCHEMA_VERSION})  # fmt: skip
     folder = ModelFolder(tmp_path / "model")
     folder.write_info(store, train, "trained")
     folder.save_best(estimator.state_dict())
