@@ -310,6 +310,10 @@ class PopulationConfig(_Strict):
         lens_colour_sigma_pivot: σ_v [km/s] with no colour–σ reddening.
         lens_colour_scatter: intrinsic rest-frame g−r scatter at fixed σ_v [mag] (as an
             effective attenuation tilt, like the colour–σ relation).
+        lens_colour_scatter_range: (low, high) [mag] or None (default: the fixed
+            ``lens_colour_scatter``). When set, each lens draws its own scatter
+            log-uniform in the range (replacing ``lens_colour_scatter``): training
+            marginalises over the scatter (docs/robustness.md, "Marginalising").
         lens_dusty_fraction, lens_dusty_av: share of dusty early types and the range of
             their A_V [mag].
         lens_young_fraction, lens_young_mass_share: share of early types with a young
@@ -343,6 +347,7 @@ class PopulationConfig(_Strict):
     lens_colour_sigma_slope: float = Field(0.26, ge=0, le=1)
     lens_colour_sigma_pivot: float = Field(180.0, gt=0)
     lens_colour_scatter: float = Field(0.025, ge=0, le=0.15)
+    lens_colour_scatter_range: tuple[float, float] | None = None
     lens_dusty_fraction: float = Field(0.10, ge=0, le=1)
     lens_dusty_av: tuple[float, float] = (0.2, 1.0)
     lens_young_fraction: float = Field(0.05, ge=0, le=1)
@@ -376,7 +381,19 @@ class PopulationConfig(_Strict):
             raise ValueError(f"lens_dusty_av must satisfy 0 ≤ low ≤ high ≤ 3, got {low}, {high}")
         if self.lens_dusty_fraction + self.lens_young_fraction > 1:
             raise ValueError("lens_dusty_fraction + lens_young_fraction must be ≤ 1")
+        if self.lens_colour_scatter_range is not None:
+            _check_log_range("lens_colour_scatter_range", self.lens_colour_scatter_range, 0.15)
         return self
+
+
+def _check_log_range(field: str, value: tuple[float, float], largest: float) -> None:
+    """A log-uniform range needs 0 < low ≤ high ≤ largest (one-line ValueError)."""
+    low, high = value
+    if not 0 < low <= high <= largest:
+        raise ValueError(
+            f"{field} must satisfy 0 < low ≤ high ≤ {largest}, got [{low}, {high}]; "
+            "give [v, v] for a fixed value"
+        )
 
 
 class SelectionConfig(_Strict):
@@ -407,6 +424,9 @@ class NeighbourConfig(_Strict):
         enabled: draw neighbours; when false the neighbour columns are 0 / 99 / 0.
         density_scale: multiplies the mean number per cutout (from the Herbel et al.
             2017 luminosity functions to ``magnitude_limit``).
+        density_scale_range: (low, high) of a per-lens multiplier of ``density_scale``,
+            drawn log-uniform (lens environments vary, docs/physics.md); the default
+            [1, 1] keeps every lens at ``density_scale``.
         exclusion_radius: no neighbour centre within this distance of the lens
             centre [arcsec] (a closer galaxy would be deblended as part of the lens).
         magnitude_limit: faintest neighbour, AB in the survey's reddest band; ``None``
@@ -415,8 +435,14 @@ class NeighbourConfig(_Strict):
 
     enabled: bool = False
     density_scale: float = Field(1.0, ge=0, le=20)
+    density_scale_range: tuple[float, float] = (1.0, 1.0)
     exclusion_radius: float = Field(2.0, ge=0, le=10)
     magnitude_limit: float | None = Field(None, ge=15, le=32)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        _check_log_range("density_scale_range", self.density_scale_range, 20.0)
+        return self
 
 
 class SimulationConfig(_Strict):

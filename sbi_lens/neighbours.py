@@ -8,10 +8,12 @@ from the same Dirichlet models and tables as lens and source
 ellipticities (as in skypy's example pipelines), Sérsic n = 4 (red) and 1 (blue).
 Only galaxies brighter than the magnitude limit in the survey's reddest band are kept.
 
-Per lens, the population stores three columns: the Poisson count, the brightest
-neighbour's magnitude in the count band, and an integer seed. The neighbours of a lens
-(which pool galaxies, where, at which position angle) are a pure function of that row
-(:func:`neighbours_of`), so the nuisance row determines the image.
+Per lens, the population stores four columns: the Poisson count, the brightest
+neighbour's magnitude in the count band, an integer seed and the lens's environment
+multiplier of the mean count (drawn log-uniform in ``density_scale_range``; 1 by
+default). The neighbours of a lens (which pool galaxies, where, at which position
+angle) are a pure function of its count, seed and centre (:func:`neighbours_of`), so
+the nuisance row determines the image; the multiplier only sets the count's mean.
 
 Units: magnitudes AB, angles in arcsec, densities per arcsec².
 """
@@ -45,7 +47,12 @@ __all__ = [
     "sersic_unit_images",
 ]
 
-NEIGHBOUR_COLUMNS = ("neighbour_count", "neighbour_brightest_mag", "neighbour_seed")
+NEIGHBOUR_COLUMNS = (
+    "neighbour_count",
+    "neighbour_brightest_mag",
+    "neighbour_seed",
+    "neighbour_density_scale",  # per-lens multiplier of density_scale (environment)
+)
 NO_NEIGHBOUR_MAGNITUDE = 99.0
 POOL_SEED = 20171109  # fixed: the pool is part of the simulation's definition
 POOL_AREA_ARCMIN2 = 40.0  # sky area of the pool (≈ 9,000 galaxies to LSST i < 26.8)
@@ -338,27 +345,34 @@ def draw_neighbour_columns(
 ) -> dict:
     """The neighbour columns of N lenses (:data:`NEIGHBOUR_COLUMNS`).
 
+    Lens i's count is Poisson with mean ``mean_count × m_i``, m_i its environment
+    multiplier, log-uniform in ``config.density_scale_range`` (exactly 1 by default).
+
     Args:
-        config: neighbour settings; None or disabled gives 0 / 99 / 0 for every lens.
+        config: neighbour settings; None or disabled gives 0 / 99 / 0 / 1 for every lens.
         survey: survey of the cutouts.
         cosmology: the prior's cosmology (a name or an astropy cosmology).
         centre: (N,) lens centres x and y [arcsec].
         streams: :class:`sbi_lens.population.RandomStreams` (streams
-            ``neighbour_count`` and ``neighbour_seed``).
+            ``neighbour_count``, ``neighbour_seed`` and ``neighbour_density_scale``).
     """
     n = len(centre[0])
     count = np.zeros(n)
     brightest = np.full(n, NO_NEIGHBOUR_MAGNITUDE)
     seeds = np.zeros(n)
+    scale = np.ones(n)
     if config is None or not config.enabled:
-        return dict(zip(NEIGHBOUR_COLUMNS, (count, brightest, seeds), strict=True))
+        return dict(zip(NEIGHBOUR_COLUMNS, (count, brightest, seeds, scale), strict=True))
     pool = neighbour_pool(config, survey, cosmology)
-    count = streams.generator("neighbour_count").poisson(mean_count(config, survey, pool), n)
+    low, high = config.density_scale_range
+    # low · (high/low)^u: log-uniform, and exactly low (1 by default) when low = high.
+    scale = low * (high / low) ** streams.uniform("neighbour_density_scale", n)
+    count = streams.generator("neighbour_count").poisson(mean_count(config, survey, pool) * scale)
     seeds = streams.generator("neighbour_seed").integers(0, SEED_LIMIT, size=n)
     for i in np.flatnonzero(count):  # the galaxies neighbours_of will pick, not placed
         index = _pool_indices(pool, np.random.default_rng(int(seeds[i])), count[i])
         brightest[i] = pool.magnitudes[index, pool.count_band].min()
-    columns = (count.astype(float), brightest, seeds.astype(float))
+    columns = (count.astype(float), brightest, seeds.astype(float), scale)
     return dict(zip(NEIGHBOUR_COLUMNS, columns, strict=True))
 
 

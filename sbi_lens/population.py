@@ -262,10 +262,10 @@ def _lens_sed(lens: ThetaColumns, config: PopulationConfig, streams) -> tuple[np
     Red-sequence galaxies: Herbel et al. (2017)'s red model concentrated by κ (an age /
     star-formation-history spread that is tight in the optical and, as in real early
     types, larger in the rest-frame UV); the colour–σ relation (Bernardi et al. 2003, 2005)
-    and an intrinsic colour scatter at fixed σ_v, both as an effective Calzetti tilt
-    (a stand-in for the metallicity spread that causes them; negative = bluer than
-    the template mean); a fraction is dusty (redder), a fraction holds a young
-    component (bluer, like S0s).
+    and an intrinsic colour scatter at fixed σ_v (fixed, or per lens from a range), both
+    as an effective Calzetti tilt (a stand-in for the metallicity spread that causes
+    them; negative = bluer than the template mean); a fraction is dusty (redder), a
+    fraction holds a young component (bluer, like S0s).
     """
     n = len(lens.z_lens)
     coefficients = HERBEL_RED.draw(
@@ -281,11 +281,21 @@ def _lens_sed(lens: ThetaColumns, config: PopulationConfig, streams) -> tuple[np
     coefficients[is_young] = (1 - share) * coefficients[is_young] + share * young[is_young]
     gr_offset = config.lens_colour_sigma_slope * np.log10(
         lens.sigma_v / config.lens_colour_sigma_pivot
-    ) + config.lens_colour_scatter * streams.normal("lens_colour_scatter", n)
+    ) + _colour_scatter(config, streams, n) * streams.normal("lens_colour_scatter", n)
     low, high = config.lens_dusty_av
     dusty = low + (high - low) * streams.uniform("lens_dust", n)
     a_v = gr_offset / _GR_REDDENING_PER_AV + np.where(is_dusty, dusty, 0.0)
     return coefficients, {"lens_dust_av": np.clip(a_v, LENS_DUST_GRID[0], LENS_DUST_GRID[-1])}
+
+
+def _colour_scatter(config: PopulationConfig, streams, n: int) -> float | np.ndarray:
+    """Rest-frame g − r scatter at fixed σ_v [mag]: the fixed ``lens_colour_scatter``, or
+    (N,) per-lens values log-uniform in ``lens_colour_scatter_range`` (stream
+    ``lens_colour_scatter_scale``): the offsets are then a scale mixture of normals."""
+    if config.lens_colour_scatter_range is None:
+        return config.lens_colour_scatter
+    low, high = config.lens_colour_scatter_range
+    return low * (high / low) ** streams.uniform("lens_colour_scatter_scale", n)
 
 
 # Rest-frame SDSS g − r reddening per magnitude of A_V of the Calzetti et al. (2000) law

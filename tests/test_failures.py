@@ -96,9 +96,17 @@ def test_mass_slope_outside_its_range_is_refused():
         ("neighbours: {magnitude_limit: 40}", r"magnitude_limit: .*less than or equal to 32"),
         ("neighbours: {enabled: maybe}", r"neighbours\.enabled: "),
         ("neighbours: {stars: true}", r"neighbours\.stars: unknown key"),
+        ("neighbours: {density_scale_range: [2.5, 0.7]}",
+         r"neighbours: density_scale_range must satisfy 0 < low ≤ high ≤ 20\.0, got \[2\.5, "),
+        ("neighbours: {density_scale_range: [0, 2]}", r"neighbours: density_scale_range must"),
+        ("neighbours: {density_scale_range: [1, .inf]}", r"neighbours\.density_scale_range"),
+        ("population: {lens_colour_scatter_range: [0.06, 0.02]}",
+         r"population: lens_colour_scatter_range must satisfy 0 < low ≤ high"),
+        ("population: {lens_colour_scatter_range: [-0.01, 0.02]}",
+         r"population: lens_colour_scatter_range must satisfy"),
     ],
 )  # fmt: skip
-def test_bad_neighbour_settings_are_one_line_naming_the_field(text, message):
+def test_bad_neighbour_or_marginalising_settings_are_one_line_naming_the_field(text, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(text + "\n")
     assert "\n" not in str(error.value)

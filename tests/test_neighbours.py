@@ -5,6 +5,7 @@ import pytest
 import torch
 from lenstronomy.LightModel.Profiles.sersic import SersicElliptic
 from lenstronomy.SimulationAPI.sim_api import SimAPI
+from scipy import stats
 
 from sbi_lens.config import NeighbourConfig, SimulationConfig, SurveyConfig
 from sbi_lens.neighbours import (
@@ -76,11 +77,42 @@ def test_mean_count_scales_with_density_scale(pool):
     assert two.mean() == pytest.approx(2 * expected, abs=5 * np.sqrt(2 * expected / n))
 
 
+def test_default_environment_is_the_fixed_density_draw(pool):
+    """Off by default: counts are the single-Poisson draw of before, multiplier 1."""
+    n = 500
+    columns = _columns(ON, n, seed=4)
+    before = RandomStreams(np.random.default_rng(4)).generator("neighbour_count")
+    expected = before.poisson(mean_count(ON, SURVEY, pool), n)
+    np.testing.assert_array_equal(columns["neighbour_count"], expected)
+    np.testing.assert_array_equal(columns["neighbour_density_scale"], 1.0)
+    fixed = _columns(NeighbourConfig(enabled=True, density_scale_range=(2.0, 2.0)), n, seed=4)
+    np.testing.assert_array_equal(fixed["neighbour_density_scale"], 2.0)
+
+
+def test_environment_multiplier_is_log_uniform_and_scales_the_counts(pool):
+    low, high, n = 0.7, 2.5, 6000
+    config = NeighbourConfig(enabled=True, density_scale_range=(low, high))
+    columns, default = _columns(config, n, seed=6), _columns(ON, n, seed=6)
+    scale, count = columns["neighbour_density_scale"], columns["neighbour_count"]
+    assert low <= scale.min() and scale.max() <= high
+    assert stats.kstest(scale, stats.loguniform(low, high).cdf).pvalue > 1e-3
+    # Poisson mixture: E[N] = μ E[m], Var[N] = μ E[m] + μ² Var[m] (over-dispersed).
+    mu = mean_count(ON, SURVEY, pool)
+    moments = stats.loguniform(low, high)
+    mean, variance = mu * moments.mean(), mu * moments.mean() + mu**2 * moments.var()
+    assert count.mean() == pytest.approx(mean, abs=5 * np.sqrt(variance / n))
+    assert count.var() == pytest.approx(variance, rel=0.1)
+    assert np.corrcoef(count, scale)[0, 1] > 0.3  # the count follows its lens's multiplier
+    # Own stream: the seeds (and so every neighbour layout) are those of the default draw.
+    np.testing.assert_array_equal(columns["neighbour_seed"], default["neighbour_seed"])
+
+
 def test_disabled_section_draws_nothing():
     columns = _columns(NeighbourConfig(enabled=False), 5)
     assert tuple(columns) == NEIGHBOUR_COLUMNS
     assert (columns["neighbour_count"] == 0).all() and (columns["neighbour_seed"] == 0).all()
     assert (columns["neighbour_brightest_mag"] == 99.0).all()
+    assert (columns["neighbour_density_scale"] == 1.0).all()
 
 
 def test_no_neighbour_inside_the_exclusion_radius(pool):
@@ -94,7 +126,8 @@ def test_no_neighbour_inside_the_exclusion_radius(pool):
 
 def test_brightest_column_is_the_brightest_redrawn_neighbour(pool):
     columns = _columns(ON, 30, seed=3, centre=0.1)
-    for count, brightest, seed in zip(*columns.values(), strict=True):
+    rows = (columns[name] for name in NEIGHBOUR_COLUMNS[:3])
+    for count, brightest, seed in zip(*rows, strict=True):
         if count:
             found = neighbours_of(pool, int(seed), int(count), (0.1, 0.0), 6.4, 2.0)
             assert brightest == found.magnitudes[:, 2].min()
@@ -150,6 +183,7 @@ def test_neighbours_leave_every_other_column_unchanged_and_survive_float32():
     others = [i for i, name in enumerate(on.population_names) if name not in NEIGHBOUR_COLUMNS]
     np.testing.assert_array_equal(with_them[:, others], without[:, others])
     # A store keeps float32: the seed and count survive, so a stored row re-draws them.
-    for row in with_them[with_them[:, -3] > 0][:5]:
+    count = on.population_names.index("neighbour_count")
+    for row in with_them[with_them[:, count] > 0][:5]:
         stored = on.neighbours(row.astype(np.float32))
         np.testing.assert_array_equal(stored.magnitudes, on.neighbours(row).magnitudes)

@@ -227,6 +227,39 @@ def test_colour_scatter_at_fixed_sigma_is_the_configured_one():
     assert np.std(gr) == pytest.approx(pop.lens_colour_scatter, rel=0.15)
 
 
+def test_colour_scatter_range_is_a_log_uniform_scale_mixture():
+    """Per-lens scatter s ~ log-uniform[a, b]: offsets have variance E[s²] and heavier
+    tails (kurtosis 3 E[s⁴]/E[s²]²); every column but the lens colour is unchanged."""
+    low, high, n = 0.02, 0.06, 20000
+    theta = _theta(n, seed=3)
+    pop = CONFIG.population.model_copy(
+        update={"lens_dusty_fraction": 0.0, "lens_colour_sigma_slope": 0.0}
+    )
+    fixed = _draw(theta, 9, population=pop)
+    mixed = _draw(theta, 9, population=pop.model_copy(
+        update={"lens_colour_scatter_range": (low, high)}
+    ))  # fmt: skip
+    offset = _GR_REDDENING_PER_AV * mixed.column("lens_dust_av")  # rest-frame g − r [mag]
+    s = stats.loguniform(low, high)
+    assert np.var(offset) == pytest.approx(s.moment(2), rel=0.05)
+    kurtosis = 3 * s.moment(4) / s.moment(2) ** 2
+    assert stats.kurtosis(offset, fisher=False) == pytest.approx(kurtosis, rel=0.1)
+    assert kurtosis > 3.2  # heavier-tailed than one normal
+    # Own stream: the standard normals are those of the fixed draw (same signs).
+    np.testing.assert_array_equal(np.sign(offset), np.sign(fixed.column("lens_dust_av")))
+    colour = [i for i, name in enumerate(mixed.names) if name.startswith(("lens_mag", "lens_dust"))]
+    other = [i for i in range(len(mixed.names)) if i not in colour]
+    np.testing.assert_array_equal(mixed.values[:, other], fixed.values[:, other])
+
+
+def test_a_degenerate_colour_scatter_range_is_the_fixed_scatter():
+    theta = _theta(200, seed=4)
+    fixed = _draw(theta, 2)  # the old fields only: lens_colour_scatter = 0.025
+    scatter = CONFIG.population.lens_colour_scatter
+    same = CONFIG.population.model_copy(update={"lens_colour_scatter_range": (scatter, scatter)})
+    np.testing.assert_array_equal(_draw(theta, 2, population=same).values, fixed.values)
+
+
 def test_colour_sigma_reddening_per_av_is_calzettis():
     photometry = lens_photometry(
         SurveyConfig(name="LSST", bands=("g", "r")), 1.0
@@ -324,6 +357,9 @@ def test_bad_theta_raises(theta):
 def test_population_config_validation():
     with pytest.raises(ValueError, match="source_mag_range"):
         PopulationConfig(source_mag_range=(2.0, -1.0))
+    for bad in ((0.05, 0.02), (0.0, 0.05), (0.02, 0.3)):
+        with pytest.raises(ValueError, match="lens_colour_scatter_range must satisfy"):
+            PopulationConfig(lens_colour_scatter_range=bad)
 
 
 def test_mass_slopes_follow_slacs_and_leave_other_draws_alone():
