@@ -57,9 +57,11 @@ def test_properties(simulator):
     from sbi_lens.neighbours import NEIGHBOUR_COLUMNS
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + 3
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + len(
+        NEIGHBOUR_COLUMNS
+    )
     psf = ("psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_i")
-    assert simulator.population_names[-6:] == psf + NEIGHBOUR_COLUMNS
+    assert simulator.population_names[-3 - len(NEIGHBOUR_COLUMNS) :] == psf + NEIGHBOUR_COLUMNS
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
