@@ -35,6 +35,7 @@ def _row(simulator, **values):
     """A nuisance row with everything off (no light, no ellipticity, an isothermal mass)
     except ``values``."""
     row = np.zeros(len(simulator.nuisance_names))
+    row[simulator.nuisance_names.index("noise_scale")] = simulator.config.survey.noise_scale
     for name in simulator.nuisance_names:
         if "_mag_" in name:
             row[simulator.nuisance_names.index(name)] = 99.0
@@ -57,9 +58,9 @@ def test_properties(simulator):
     from sbi_lens.neighbours import NEIGHBOUR_COLUMNS
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + 3
+    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + 3 + 1
     psf = ("psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_i")
-    assert simulator.population_names[-6:] == psf + NEIGHBOUR_COLUMNS
+    assert simulator.population_names[-7:] == psf + ("noise_scale",) + NEIGHBOUR_COLUMNS
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
