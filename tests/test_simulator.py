@@ -70,7 +70,11 @@ def test_properties(simulator):
     )  # fmt: skip
 
 
-NEIGHBOURS = SimulationConfig(survey=SURVEY, neighbours={"enabled": True, "density_scale": 2.0})
+# Neighbours and a per-lens noise level (which must not change the noise-free image).
+NEIGHBOURS = SimulationConfig(
+    survey=SURVEY.model_copy(update={"noise_scale_range": (0.85, 1.25)}),
+    neighbours={"enabled": True, "density_scale": 2.0},
+)
 
 
 @pytest.mark.parametrize("config", [CONFIG, NEIGHBOURS], ids=["alone", "with_neighbours"])
