@@ -37,7 +37,7 @@ def _without_source(simulator, theta, nuisance, rng) -> np.ndarray:
     for band in simulator.bands:
         nuisance[:, simulator.population_names.index(f"source_mag_{band}")] = 99.0
     images = simulator.render(theta, nuisance)
-    return simulator.add_noise(images, rng).astype(np.float32)
+    return simulator.add_noise(images, rng, simulator.noise_scale(nuisance)).astype(np.float32)
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     nuisance = np.asarray(store.nuisance[: len(x)])
     simulator = LensSimulator(store.config)
     rng = np.random.default_rng(args.seed)
-    rms = simulator.noise_rms(np.maximum(x, 0.0))
+    rms = simulator.noise_rms(np.maximum(x, 0.0), simulator.noise_scale(nuisance))
     shifted = x.copy()
     shifted[:, -1] = np.roll(shifted[:, -1], 1, axis=-1)
     cases = {

@@ -202,6 +202,10 @@ class SurveyConfig(_Strict):
             former ``psf_type: GAUSSIAN``.
         noise_scale: factor on the noise rms (background and Poisson), > 0; the
             selection's S/N sees it too.
+        noise_scale_range: ``[low, high]`` with 0 < low ≤ high: each lens's noise rms is
+            ``noise_scale`` × s with s log-uniform in the range (coadd depth varies from
+            field to field; docs/physics.md "Observation"), stored in the nuisance column
+            ``noise_scale``; ``None`` (default): every lens has ``noise_scale``.
     """
 
     name: str = "LSST"
@@ -213,6 +217,7 @@ class SurveyConfig(_Strict):
     supersampling: int = Field(2, ge=1, le=8)
     psf: PsfConfig = PsfConfig()
     noise_scale: float = Field(1.0, gt=0, le=100)
+    noise_scale_range: tuple[float, float] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +233,16 @@ class SurveyConfig(_Strict):
             if table is not None:
                 data = {**data, "coadd_years": table.default_coadd_years}
         return data
+
+    @field_validator("noise_scale_range")
+    @classmethod
+    def _positive_noise_range(cls, value):
+        if value is not None and not 0 < value[0] <= value[1] <= 100:
+            raise ValueError(
+                f"must satisfy 0 < low ≤ high ≤ 100, got {list(value)}; e.g. [0.85, 1.25], "
+                "or null for no spread"
+            )
+        return value
 
     @field_validator("name")
     @classmethod

@@ -94,13 +94,14 @@ BASE_NUISANCE_NAMES = (
 
 def nuisance_names(bands: tuple[str, ...]) -> tuple[str, ...]:
     """Names of the nuisance columns for ``bands``: base columns, apparent magnitudes,
-    then the PSF FWHM of each band ``psf_fwhm_<band>`` [arcsec], then the neighbour
-    columns (:data:`sbi_lens.neighbours.NEIGHBOUR_COLUMNS`)."""
+    then the PSF FWHM of each band ``psf_fwhm_<band>`` [arcsec], the lens's noise rms
+    factor ``noise_scale``, then the neighbour columns
+    (:data:`sbi_lens.neighbours.NEIGHBOUR_COLUMNS`)."""
     magnitudes = []
     for band in bands:
         magnitudes += [f"lens_mag_{band}", f"source_mag_{band}"]
     psf = tuple(f"psf_fwhm_{band}" for band in bands)
-    names = BASE_NUISANCE_NAMES + tuple(magnitudes) + psf
+    names = BASE_NUISANCE_NAMES + tuple(magnitudes) + psf + ("noise_scale",)
     # --- neighbouring galaxies (count, brightest magnitude in the reddest band, seed)
     names += NEIGHBOUR_COLUMNS
     return names
@@ -373,6 +374,17 @@ def _draw_psf(survey: SurveyConfig, streams: RandomStreams, n: int) -> dict:
     return {f"psf_fwhm_{band}": fwhm[:, b] for b, band in enumerate(survey.bands)}
 
 
+def _draw_noise_scale(survey: SurveyConfig, streams: RandomStreams, n: int) -> dict:
+    """Noise rms factor of each lens (stream ``noise_scale``): ``survey.noise_scale`` × s,
+    s log-uniform in ``survey.noise_scale_range`` (the coadd's depth varies by field);
+    without a range every lens has ``survey.noise_scale`` and no stream is drawn."""
+    if survey.noise_scale_range is None:
+        return {"noise_scale": np.full(n, float(survey.noise_scale))}
+    low, high = np.log(survey.noise_scale_range)
+    spread = np.exp(low + (high - low) * streams.uniform("noise_scale", n))
+    return {"noise_scale": float(survey.noise_scale) * spread}
+
+
 def draw_population(
     theta: np.ndarray,
     config: PopulationConfig,
@@ -428,6 +440,7 @@ def draw_population(
         neighbours, survey, table.cosmology if cosmology is None else cosmology, centre, streams
     )
     columns |= _draw_psf(survey, streams, len(lens.z_lens))
+    columns |= _draw_noise_scale(survey, streams, len(lens.z_lens))
     names = nuisance_names(survey.bands)
     assert set(columns) == set(names), set(columns) ^ set(names)
     return Population(values=np.stack([columns[name] for name in names], axis=1), names=names)

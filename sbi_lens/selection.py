@@ -185,5 +185,5 @@ def simulate_selected(
         kept += len(take)
     theta, images, columns = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
     if noise:
-        images = simulator.add_noise(images, noise_rng)
+        images = simulator.add_noise(images, noise_rng, simulator.noise_scale(columns))
     return SelectedLenses(theta, images, columns, drawn, rendered)

@@ -14,8 +14,10 @@ convolved with the lens's own PSF in that band (:mod:`sbi_lens.psf`: Moffat or G
 FWHM drawn per lens and band, nuisance columns ``psf_fwhm_<band>``), exactly as
 ``ImageModel.image`` does it with ``psf_type='PIXEL'`` and that kernel. Noise
 (background from sky and read noise, and Poisson noise of the lens) follows
-lenstronomy's noise model, scaled by ``survey.noise_scale``, and is drawn from an
-explicit ``numpy.random.Generator``.
+lenstronomy's noise model, scaled by the lens's own factor (nuisance column
+``noise_scale``: ``survey.noise_scale``, times a log-uniform draw when
+``survey.noise_scale_range`` is set), and is drawn from an explicit
+``numpy.random.Generator``.
 
 Image units: electrons per second per pixel (lenstronomy's default data unit),
 sky-subtracted.
@@ -130,6 +132,8 @@ class LensSimulator:
         self._index = {name: i for i, name in enumerate(self._nuisance_names)}
         self._fwhm_columns = [self._index[f"psf_fwhm_{band}"] for band in survey.bands]
         self._noise_scale = float(survey.noise_scale)
+        self._noise_column = self._index["noise_scale"]
+        self._background = np.array([sim.background_noise for sim in self._sims])
         self._subpixel_area = (self._pixel_scale / survey.supersampling) ** 2
         self._pool = None  # the neighbour pool, built on first use (once per process)
         self._pixel_area = self._pixel_scale**2
@@ -168,8 +172,24 @@ class LensSimulator:
 
     @property
     def background_rms(self) -> np.ndarray:
-        """(bands,) background noise rms per pixel [e-/s] (sky + read noise)."""
-        return self._noise_scale * np.array([sim.background_noise for sim in self._sims])
+        """(bands,) background noise rms per pixel [e-/s] (sky + read noise) at
+        ``survey.noise_scale``; a lens's own is its ``noise_scale`` / ``survey.noise_scale``
+        times this."""
+        return self._noise_scale * self._background
+
+    def noise_scale(self, nuisance) -> np.ndarray:
+        """(N,) noise rms factor of each lens, its nuisance column ``noise_scale``.
+
+        Raises:
+            ValueError: a factor is not positive and finite.
+        """
+        scale = np.asarray(nuisance, dtype=float)[:, self._noise_column]
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(
+                f"nuisance column noise_scale must be > 0, got {scale.min()}; "
+                "set it to survey.noise_scale for a lens of the nominal depth"
+            )
+        return scale
 
     def psf_fwhm(self, nuisance) -> np.ndarray:
         """(N, bands) PSF FWHM [arcsec] of each lens and band, from its nuisance columns."""
@@ -406,7 +426,7 @@ class LensSimulator:
             columns (N, 2 + bands) float64 and resolved (N,) bool.
         """
         theta = as_theta_array(theta)
-        snr = arc_snr(sources, self.noise_rms(images))  # (N, bands)
+        snr = arc_snr(sources, self.noise_rms(images, self.noise_scale(nuisance)))  # (N, bands)
         best = np.argmax(snr, axis=1)
         source_size = np.asarray(nuisance)[:, self._index["source_R_sersic"]]
         resolved = einstein_ring_resolved(
@@ -441,7 +461,8 @@ class LensSimulator:
 
         A lens can pass only if its ring is resolved in its sharpest band (its own PSF
         FWHM; when the selection asks for it) and, for a positive S/N threshold, if some
-        band has a pixel where the source exceeds the background rms: lensing conserves surface
+        band has a pixel where the source exceeds the lens's background rms (its own
+        ``noise_scale``): lensing conserves surface
         brightness and binning and the PSF only lower the peak, so no pixel of the
         source image exceeds its unlensed central surface brightness × pixel area.
         """
@@ -457,7 +478,7 @@ class LensSimulator:
                 theta_columns(theta).theta_E, source_size, self.psf_fwhm(nuisance).min(axis=1)
             )
         if selection.min_arc_snr > 0:
-            background = self.background_rms
+            scale = self.noise_scale(nuisance)
             for i in np.flatnonzero(keep):
                 _, kwargs_lens_light, kwargs_source = self._shape_kwargs(theta[i], nuisance[i])
                 _, source_amp = self._amplitudes(nuisance[i], kwargs_lens_light, kwargs_source)
@@ -466,24 +487,35 @@ class LensSimulator:
                     *centre, [{"amp": 1.0, **kwargs_source}]
                 )
                 peak_pixel = source_amp * float(peak) * self._pixel_scale**2
-                keep[i] = bool(np.any(peak_pixel > background))
+                keep[i] = bool(np.any(peak_pixel > scale[i] * self._background))
         return keep
 
-    def noise_rms(self, images: np.ndarray) -> np.ndarray:
+    def noise_rms(self, images: np.ndarray, scale=None) -> np.ndarray:
         """Per-pixel noise rms [e-/s] of noise-free images (N, bands, H, W).
 
         lenstronomy's model: σ² = background² + (Poisson) max(image, 0) / t_exp, times
-        ``survey.noise_scale``².
+        the lens's noise factor².
+
+        Args:
+            images: (N, bands, H, W) noise-free images [e-/s per pixel].
+            scale: (N,) noise rms factor of each lens (:meth:`noise_scale` of its
+                nuisance); None: ``survey.noise_scale`` for every lens.
         """
         rms = np.empty_like(images, dtype=float)
         for b, sim in enumerate(self._sims):
             rms[:, b] = sim.estimate_noise(np.array(images[:, b], dtype=float))
-        rms *= self._noise_scale
+        if scale is None:
+            rms *= self._noise_scale
+        elif np.shape(scale) == (len(rms),):
+            rms *= np.asarray(scale, dtype=float)[:, None, None, None]
+        else:
+            raise ValueError(f"scale must have shape ({len(rms)},), got {np.shape(scale)}")
         return rms
 
-    def add_noise(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Noise-free images (N, bands, H, W) plus background and Poisson noise from ``rng``."""
-        return images + self.noise_rms(images) * rng.standard_normal(images.shape)
+    def add_noise(self, images: np.ndarray, rng: np.random.Generator, scale=None) -> np.ndarray:
+        """Noise-free images (N, bands, H, W) plus background and Poisson noise from ``rng``,
+        at the lenses' (N,) noise factors ``scale`` (None: ``survey.noise_scale``)."""
+        return images + self.noise_rms(images, scale) * rng.standard_normal(images.shape)
 
     def simulate(self, theta, seed=None, *, nuisance=None, noise: bool = True) -> SimulationOutput:
         """Simulate images of lenses with parameters θ (no selection: every θ is kept).
@@ -510,7 +542,7 @@ class LensSimulator:
             nuisance = self.draw_nuisance(theta, rng).values
         images, nuisance, _ = self.render_selected(theta, nuisance)
         if noise:
-            images = self.add_noise(images, rng)
+            images = self.add_noise(images, rng, self.noise_scale(nuisance))
         return SimulationOutput(
             images=images.astype(np.float32),
             nuisance=nuisance,

@@ -118,10 +118,14 @@ def test_bad_psf_or_noise_setting_is_refused_naming_the_field():
         ("survey: {psf: {beta: 0.5}}\n", r"survey\.psf\.beta: "),
         ("survey: {psf: {fwhm_scale: -1}}\n", r"survey\.psf\.fwhm_scale: "),
         ("survey: {noise_scale: 0}\n", r"survey\.noise_scale: "),
+        ("survey: {noise_scale_range: [1.25, 0.85]}\n", r"survey\.noise_scale_range: .*low ≤ high"),
+        ("survey: {noise_scale_range: [0, 1.2]}\n", r"survey\.noise_scale_range: .*0 < low"),
+        ("survey: {noise_scale_range: [0.9]}\n", r"survey\.noise_scale_range"),
         ("survey: {psf_type: GAUSSIAN}\n", r"survey: psf_type .*replaced by psf"),
     ):
-        with pytest.raises(ConfigError, match=field):
+        with pytest.raises(ConfigError, match=field) as error:
             load_config(text)
+        assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("value", ["d8", "D4", "rotations"])

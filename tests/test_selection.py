@@ -31,6 +31,7 @@ def _row(simulator, **values):
     row[names.index("lens_R_sersic")] = 1.0
     row[names.index("lens_sersic_n")] = 4.0
     row[names.index("lens_gamma")] = 2.0
+    row[names.index("noise_scale")] = simulator.config.survey.noise_scale
     median = simulator.config.survey.psf_median_fwhm()
     for band, fwhm in zip(simulator.bands, median, strict=True):
         row[names.index(f"psf_fwhm_{band}")] = fwhm

@@ -35,6 +35,7 @@ def _row(simulator, **values):
     """A nuisance row with everything off (no light, no ellipticity, an isothermal mass)
     except ``values``."""
     row = np.zeros(len(simulator.nuisance_names))
+    row[simulator.nuisance_names.index("noise_scale")] = simulator.config.survey.noise_scale
     for name in simulator.nuisance_names:
         if "_mag_" in name:
             row[simulator.nuisance_names.index(name)] = 99.0
@@ -57,11 +58,11 @@ def test_properties(simulator):
     from sbi_lens.neighbours import NEIGHBOUR_COLUMNS
     from sbi_lens.population import BASE_NUISANCE_NAMES
 
-    assert len(simulator.population_names) == len(BASE_NUISANCE_NAMES) + 3 * 3 + len(
-        NEIGHBOUR_COLUMNS
-    )
+    columns = len(BASE_NUISANCE_NAMES) + 3 * 3 + 1 + len(NEIGHBOUR_COLUMNS)
+    assert len(simulator.population_names) == columns
     psf = ("psf_fwhm_g", "psf_fwhm_r", "psf_fwhm_i")
-    assert simulator.population_names[-3 - len(NEIGHBOUR_COLUMNS) :] == psf + NEIGHBOUR_COLUMNS
+    tail = psf + ("noise_scale",) + NEIGHBOUR_COLUMNS
+    assert simulator.population_names[-len(tail) :] == tail
     assert simulator.nuisance_names[: len(simulator.population_names)] == (
         simulator.population_names
     )
@@ -71,7 +72,11 @@ def test_properties(simulator):
     )  # fmt: skip
 
 
-NEIGHBOURS = SimulationConfig(survey=SURVEY, neighbours={"enabled": True, "density_scale": 2.0})
+# Neighbours and a per-lens noise level (which must not change the noise-free image).
+NEIGHBOURS = SimulationConfig(
+    survey=SURVEY.model_copy(update={"noise_scale_range": (0.85, 1.25)}),
+    neighbours={"enabled": True, "density_scale": 2.0},
+)
 
 
 @pytest.mark.parametrize("config", [CONFIG, NEIGHBOURS], ids=["alone", "with_neighbours"])
