@@ -85,12 +85,27 @@ DEFAULT_SHIFTS: tuple[Shift, ...] = (
     Shift(
         "colour_scatter_x2",
         "lens colour scatter at fixed σ_v ×2",
-        {"population": {"lens_colour_scatter": Scale(2.0)}},
+        # The per-lens range replaces the fixed scatter when it is set: scale both.
+        {
+            "population": {
+                "lens_colour_scatter": Scale(2.0),
+                "lens_colour_scatter_range": Scale(2.0),
+            }
+        },
     ),
     Shift(
         "slope_width_x2", "mass-slope γ′ spread ×2", {"population": {"lens_slope_std": Scale(2.0)}}
     ),
 )
+
+
+def _scaled(value, factor: float):
+    """``value`` × ``factor``; a range ([low, high]) is scaled end by end, None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [factor * v for v in value]
+    return factor * value
 
 
 def _merge(base: dict, overrides: dict, path: str = "") -> dict:
@@ -104,7 +119,7 @@ def _merge(base: dict, overrides: dict, path: str = "") -> dict:
                 raise ValueError(f"shift overrides: {where!r} is not a section")
             merged[key] = _merge(base[key], value, where + ".")
         elif isinstance(value, Scale):
-            merged[key] = value.factor * base[key]
+            merged[key] = _scaled(base[key], value.factor)
         else:
             merged[key] = value
     return merged

@@ -88,3 +88,16 @@ def test_robustness_command_writes_table_json_and_figure(tiny_config, tmp_path, 
     assert "noise_+10%" in capsys.readouterr().out
     assert main(argv[:-1] + ["no_such_shift"]) == 2
     assert "unknown shift(s) ['no_such_shift']" in capsys.readouterr().err
+
+
+def test_colour_shift_scales_the_per_lens_range_when_training_draws_one():
+    """A config that draws the colour scatter per lens ignores the fixed value: the
+    shift must widen the range too, or it would silently change nothing."""
+    base = load_config("lsst_gri")
+    wide = base.model_copy(
+        update={"population": base.population.model_copy(
+            update={"lens_colour_scatter_range": (0.02, 0.06)})}
+    )  # fmt: skip
+    shift = next(s for s in DEFAULT_SHIFTS if s.name == "colour_scatter_x2")
+    assert tuple(shifted_config(wide, shift).population.lens_colour_scatter_range) == (0.04, 0.12)
+    assert shifted_config(base, shift).population.lens_colour_scatter_range is None
