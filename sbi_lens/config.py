@@ -329,6 +329,10 @@ class PopulationConfig(_Strict):
             ``lens_colour_scatter``). When set, each lens draws its own scatter
             log-uniform in the range (replacing ``lens_colour_scatter``): training
             marginalises over the scatter (docs/robustness.md, "Marginalising").
+        lens_band_scatter: rms [mag] of an intrinsic lens magnitude offset drawn
+            independently in each band (one stream per band name): the part of the
+            red-sequence colour scatter that no single tilt describes, so two colours
+            cannot pin z_l and a tilt at once (docs/physics.md, "Colour scatter").
         lens_dusty_fraction, lens_dusty_av: share of dusty early types and the range of
             their A_V [mag].
         lens_young_fraction, lens_young_mass_share: share of early types with a young
@@ -358,11 +362,12 @@ class PopulationConfig(_Strict):
     lens_sersic_scatter_dex: float = Field(0.1, ge=0, le=0.5)
     light_misalignment_deg: float = Field(10.0, ge=0, le=90)
     light_axis_ratio_scatter: float = Field(0.11, ge=0, le=0.5)
-    lens_sed_concentration: float = Field(100.0, gt=0, le=1000)
+    lens_sed_concentration: float = Field(200.0, gt=0, le=1000)
     lens_colour_sigma_slope: float = Field(0.26, ge=0, le=1)
     lens_colour_sigma_pivot: float = Field(180.0, gt=0)
     lens_colour_scatter: float = Field(0.025, ge=0, le=0.15)
     lens_colour_scatter_range: tuple[float, float] | None = None
+    lens_band_scatter: float = Field(0.015, ge=0, le=0.1)
     lens_dusty_fraction: float = Field(0.10, ge=0, le=1)
     lens_dusty_av: tuple[float, float] = (0.2, 1.0)
     lens_young_fraction: float = Field(0.05, ge=0, le=1)

@@ -339,10 +339,25 @@ def _draw_source(lens: ThetaColumns, config: PopulationConfig, streams, da_sourc
     }
 
 
+def _lens_band_offsets(
+    config: PopulationConfig, bands: tuple[str, ...], streams, n: int
+) -> dict[str, np.ndarray]:
+    """Intrinsic lens magnitude offset [mag] in each band, N(0, ``lens_band_scatter``),
+    independent between bands: one stream per band name (``lens_band_scatter_<band>``),
+    so a band's offsets do not depend on which other bands are simulated."""
+    if config.lens_band_scatter == 0:
+        return {band: np.zeros(n) for band in bands}
+    return {
+        band: config.lens_band_scatter * streams.normal(f"lens_band_scatter_{band}", n)
+        for band in bands
+    }
+
+
 def _band_magnitudes(
-    lens: ThetaColumns, columns: dict, seds: tuple, survey, z_max, distance_moduli
+    lens: ThetaColumns, columns: dict, seds: tuple, survey, z_max, distance_moduli, band_offsets
 ) -> dict:
-    """Apparent AB magnitudes of lens and source in each band of the survey."""
+    """Apparent AB magnitudes of lens and source in each band of the survey; the lens's
+    carry an intrinsic offset per band (``band_offsets``, see :func:`_lens_band_offsets`)."""
     lens_coefficients, source_coefficients = seds
     dm_lens, dm_source = distance_moduli
     lens_mags = lens_photometry(survey, z_max[0]).magnitudes(
@@ -357,7 +372,7 @@ def _band_magnitudes(
     )
     magnitudes = {}
     for b, band in enumerate(survey.bands):
-        magnitudes[f"lens_mag_{band}"] = lens_mags[:, b]
+        magnitudes[f"lens_mag_{band}"] = lens_mags[:, b] + band_offsets[band]
         magnitudes[f"source_mag_{band}"] = source_mags[:, b]
     return magnitudes
 
@@ -435,6 +450,7 @@ def draw_population(
         survey,
         z_max,
         (dm_lens, dm_source),
+        _lens_band_offsets(config, survey.bands, streams, len(lens.z_lens)),
     )
     columns |= draw_neighbour_columns(
         neighbours, survey, table.cosmology if cosmology is None else cosmology, centre, streams

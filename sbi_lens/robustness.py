@@ -84,12 +84,13 @@ DEFAULT_SHIFTS: tuple[Shift, ...] = (
     Shift("noise_+10%", "noise rms 10 % higher", {"survey": {"noise_scale": Scale(1.1)}}),
     Shift(
         "colour_scatter_x2",
-        "lens colour scatter at fixed σ_v ×2",
+        "lens colour scatter at fixed σ_v ×2 (tilt and per-band parts)",
         # The per-lens range replaces the fixed scatter when it is set: scale both.
         {
             "population": {
                 "lens_colour_scatter": Scale(2.0),
                 "lens_colour_scatter_range": Scale(2.0),
+                "lens_band_scatter": Scale(2.0),
             }
         },
     ),

@@ -52,7 +52,7 @@ __all__ = [
     "store_fingerprint",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 REPAIR_HINT = "re-run `sbi-lens simulate` with the same arguments to repair it"
 _DATA_ARRAYS = ("theta", "x", "nuisance")
 _TEMP_MARK = ".creating-"

@@ -22,7 +22,7 @@ from sbi_lens.cli import main
 from sbi_lens.config import ConfigError, TrainConfig, load_config, load_train_config
 from sbi_lens.inference import run_inference
 from sbi_lens.parallel import run_simulation
-from sbi_lens.store import SimulationStore, StoreError
+from sbi_lens.store import SCHEMA_VERSION, SimulationStore, StoreError
 from sbi_lens.training import train
 
 NUM, SEED = 40, 7
@@ -243,10 +243,11 @@ def test_fingerprint_identifies_content_not_path(copy, reference, tiny_config, t
     assert other.fingerprint != fingerprint
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", range(1, SCHEMA_VERSION))
 def test_old_schema_store_asks_to_resimulate(copy, old):
     zarr.open_group(str(copy), mode="r+").attrs["schema_version"] = old
-    with pytest.raises(StoreError, match=f"schema_version is {old}, expected 3; re-simulate"):
+    expected = f"schema_version is {old}, expected {SCHEMA_VERSION}; re-simulate"
+    with pytest.raises(StoreError, match=expected):
         SimulationStore.open(copy)
 
 

@@ -94,10 +94,16 @@ def test_colour_shift_scales_the_per_lens_range_when_training_draws_one():
     """A config that draws the colour scatter per lens ignores the fixed value: the
     shift must widen the range too, or it would silently change nothing."""
     base = load_config("lsst_gri")
+    fixed = base.model_copy(
+        update={"population": base.population.model_copy(
+            update={"lens_colour_scatter_range": None})}
+    )  # fmt: skip
     wide = base.model_copy(
         update={"population": base.population.model_copy(
             update={"lens_colour_scatter_range": (0.02, 0.06)})}
     )  # fmt: skip
     shift = next(s for s in DEFAULT_SHIFTS if s.name == "colour_scatter_x2")
-    assert tuple(shifted_config(wide, shift).population.lens_colour_scatter_range) == (0.04, 0.12)
-    assert shifted_config(base, shift).population.lens_colour_scatter_range is None
+    shifted = shifted_config(wide, shift).population
+    assert tuple(shifted.lens_colour_scatter_range) == (0.04, 0.12)
+    assert shifted.lens_band_scatter == 2 * wide.population.lens_band_scatter
+    assert shifted_config(fixed, shift).population.lens_colour_scatter_range is None

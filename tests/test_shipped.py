@@ -97,7 +97,14 @@ def test_models_command_without_and_with_models(installed, tmp_path, monkeypatch
     info = json.loads((installed[1] / "model.json").read_text())
     assert "R²" in header and "TARP" in header
     words = row.split()
-    assert words[:6] == ["tiny", "rings", "g,r,i", "32x32", str(info["num_train_lenses"]), "3"]
+    assert words[:6] == [
+        "tiny",
+        "rings",
+        "g,r,i",
+        "32x32",
+        str(info["num_train_lenses"]),
+        str(SCHEMA_VERSION),
+    ]
     r2 = installed[3]["metrics"][2]["r2_mean"]
     assert f"theta_E={r2:.2f}" in row
 
