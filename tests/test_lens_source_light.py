@@ -278,8 +278,11 @@ def test_petrosian_magnitude_of_a_de_vaucouleurs_profile():
 
 def test_auger_2009_luminosities_are_at_the_observed_epoch():
     """The tabulated M_V are not evolution-corrected to z = 0: at fixed stellar mass,
-    log M*/L_V falls with z_l as old populations fade (here −0.48 dex per unit z from
-    the population's passive evolution), and it would not if L_V had been corrected."""
+    log M*/L_V falls with z_l as old populations fade (−0.4 × the population's passive
+    brightening, 1.2 mag per unit z: −0.48 dex), and it would not if L_V had been
+    corrected."""
+    from sbi_lens.config import PopulationConfig
+
     table = _slacs_table()
     z, log_mass = table["z_lens"], table["log_Mstar_chab"]
     log_ml = log_mass + 0.4 * (table["M_V"] - 4.83)  # M_V,sun = 4.83
@@ -288,7 +291,8 @@ def test_auger_2009_luminosities_are_at_the_observed_epoch():
     residual = log_ml - design @ coefficients
     error = np.sqrt(np.linalg.inv(design.T @ design)[1, 1] * residual.var(ddof=3))
     assert coefficients[1] < -2 * error  # falls: not corrected to z = 0
-    assert abs(coefficients[1] + 0.4 * 1.2) < 2 * error  # as passive evolution predicts
+    fading = -0.4 * PopulationConfig().lens_evolution
+    assert abs(coefficients[1] - fading) < 2 * error  # as passive evolution predicts
 
 
 def test_sdss_target_selection_makes_lenses_larger_and_brighter_at_fixed_sigma():
