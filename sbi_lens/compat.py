@@ -19,7 +19,6 @@ from torch.distributions import Transform
 __all__ = [
     "lenstronomy_bin",
     "lenstronomy_bin_rows",
-    "lenstronomy_convolve",
     "posterior_device",
     "quiet_skypy_import",
     "reset_cached_inverse",
@@ -38,16 +37,6 @@ def lenstronomy_bin(numerics, flux: Any):
     """
     inner = getattr(numerics, "_numerics_subframe", numerics)  # ImageModel's NumericsSubFrame
     return inner._grid.flux_array2image_low_high(flux, high_res_return=inner._high_res_return)
-
-
-def lenstronomy_convolve(numerics, binned) -> Any:
-    """The convolution half of ``Numerics.re_size_convolve`` applied to
-    :func:`lenstronomy_bin`'s output (PSF of ``numerics``, times the pixel area), so
-    that ``lenstronomy_convolve(n, lenstronomy_bin(n, f)) == n.re_size_convolve(f)``."""
-    low, high = binned
-    inner = getattr(numerics, "_numerics_subframe", numerics)
-    image = inner._conv.re_size_convolve(low, high) * inner._pixel_width**2
-    return numerics._complete_frame(image) if inner is not numerics else image
 
 
 def run_tarp_on_samples(

@@ -198,8 +198,9 @@ def test_median_lens_colours_follow_an_independent_old_template_without_jumps():
 
 @pytest.mark.parametrize("preset", ["quickstart", "lsst_gri"])
 def test_red_sequence_scatter_and_photo_z_floor(preset):
-    """On a preset's population (lsst_gri draws the colour tilt per lens), robust rms of g − r about the median at fixed z_l (bins of 0.05) is 0.03–0.08 mag
-    for 0.1 ≤ z_l ≤ 1.0, also where g samples the rest-frame near-UV (z_l > 0.6), and a
+    """On a preset's population (lsst_gri draws the colour tilt per lens): the robust rms
+    of g − r about the median at fixed z_l (bins of 0.05) is 0.03–0.08 mag for
+    0.1 ≤ z_l ≤ 1.0, also where g samples the rest-frame near-UV (z_l > 0.6), and a
     5-nearest-neighbour photo-z on noise-free g − r, r − i (5,000 lenses, half to fit,
     half to test) cannot beat σ_NMAD/(1+z) = 0.02: the population's scatter, not the
     pipeline, limits it (issue 8). Without the per-band part of the scatter the floor is

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the lsst_gri reference: simulate 60,000 training and 2,000 held-out lenses,
-# train, diagnose. About 1.5 h on a 2-core CPU; minutes on a GPU machine.
+# train, diagnose. About 35 min on a 2-core CPU (4 min simulating, 25 min training);
+# minutes on a GPU machine.
 # Usage: bash benchmarks/reference/lsst_gri.sh OUTDIR [--device cuda]
 set -euo pipefail
 out=${1:?usage: lsst_gri.sh OUTDIR [--device DEVICE]}
