@@ -1,0 +1,100 @@
+"""Training settings: a training YAML maps onto :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+
+from sbi_lens.config.base import ConfigError, _format_error, _parse_yaml, _read_text, _Strict
+
+__all__ = [
+    "EmbeddingSettings",
+    "FlowSettings",
+    "TrainConfig",
+    "load_train_config",
+    "parse_train_config",
+]
+
+
+class FlowSettings(_Strict):
+    """Architecture of the spline flow (see docs/estimator.md)."""
+
+    num_blocks: int = Field(5, ge=1, le=20)
+    hidden_features: int = Field(128, ge=8)
+    num_bins: int = Field(8, ge=2, le=64)
+    num_residual_blocks: int = Field(1, ge=1, le=8)
+
+
+class EmbeddingSettings(_Strict):
+    """Architecture of the LensResNet image embedding."""
+
+    out_features: int = Field(64, ge=4)
+    widths: tuple[int, ...] = (16, 32, 64)
+    blocks_per_stage: int = Field(1, ge=1, le=8)
+    norm: str = Field("group", pattern="^(group|batch)$")
+    # "d4": invariant to the 8 rotations/flips by group pooling (8× the trunk's cost);
+    # "c4": to the 4 rotations (4×). Absent in older model.json files: "none".
+    symmetry: str = "none"
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known_symmetry(cls, value: str) -> str:
+        if value not in ("none", "c4", "d4"):
+            raise ValueError(
+                f"must be 'none', 'c4' or 'd4', got {value!r} ('d4': invariant to the "
+                "8 rotations and flips)"
+            )
+        return value
+
+
+class TrainConfig(_Strict):
+    """Training settings (a YAML file given to ``sbi-lens train --config``)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: str = Field("cosine", pattern="^(cosine|constant)$")
+    warmup_epochs: float = Field(0.5, ge=0)
+    clip_grad_norm: float = Field(5.0, gt=0)
+    patience: int = Field(10, ge=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    shuffle_buffer_chunks: int = Field(8, ge=1)
+    augment: bool = True
+    seed: int = 0
+    flow: FlowSettings = FlowSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+
+
+def parse_train_config(data, source: str = "train config") -> TrainConfig:
+    """Validate a mapping as a :class:`TrainConfig` (None: the defaults).
+
+    Raises:
+        ConfigError: with one line naming the source and the offending field.
+    """
+    if data is None:
+        return TrainConfig()
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def load_train_config(path: str | Path | None) -> TrainConfig:
+    """Read a training YAML; ``None`` or an empty file gives the defaults.
+
+    Raises:
+        ConfigError: missing file, a directory, bad YAML, not a mapping, or an invalid
+            field; one line naming the file.
+    """
+    if path is None:
+        return TrainConfig()
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such training config")
+    return parse_train_config(_parse_yaml(_read_text(path), str(path)), str(path))
