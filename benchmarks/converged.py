@@ -142,9 +142,13 @@ def _stock_builder(kind: str, image_shape: tuple[int, int, int]):
     bands, height, width = image_shape
     if kind == "stock_resnet":
         embedding = ResNetEmbedding2D(
-            c_in=bands, c_out=64, n_stages=3, blocks_per_stage=[1, 1, 1],
-            c_stages=[16, 32, 64], construct_mapping_kwargs={"c_hidden": 32},
-        )  # fmt: skip
+            c_in=bands,
+            c_out=64,
+            n_stages=3,
+            blocks_per_stage=[1, 1, 1],
+            c_stages=[16, 32, 64],
+            construct_mapping_kwargs={"c_hidden": 32},
+        )
     else:
         embedding = CNNEmbedding(input_shape=(height, width), in_channels=bands, output_dim=64)
     return posterior_nn(
@@ -216,9 +220,12 @@ def fit_sbi(model: str, theta, x, bounds, device: str, max_epochs: int | None) -
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
     inference = NPE(
-        prior, density_estimator=builder, device=device, tracker=_NoTracker(),
+        prior,
+        density_estimator=builder,
+        device=device,
+        tracker=_NoTracker(),
         show_progress_bars=False,
-    )  # fmt: skip
+    )
     inference.append_simulations(theta_to_phi(theta), scale_x(x))
     cap = {} if max_epochs is None else {"max_num_epochs": max_epochs}
     estimator = inference.train(**cap).eval()
@@ -228,8 +235,9 @@ def fit_sbi(model: str, theta, x, bounds, device: str, max_epochs: int | None) -
     return Fitted(estimator, "phi", scale_x, prior.support.check, trace, time.perf_counter() - tick)
 
 
-def fit_ours_train(train_store: str, work: Path, device: str, seed: int, epochs: int,
-                   patience: int) -> Fitted:  # fmt: skip
+def fit_ours_train(
+    train_store: str, work: Path, device: str, seed: int, epochs: int, patience: int
+) -> Fitted:
     """Train with ``sbi_lens.training.train`` (the ``sbi-lens train`` path) into ``work``."""
     from sbi_lens.config import TrainConfig
     from sbi_lens.model_folder import ModelFolder
@@ -238,14 +246,16 @@ def fit_ours_train(train_store: str, work: Path, device: str, seed: int, epochs:
     from sbi_lens.training import train
 
     config = TrainConfig(epochs=epochs, patience=patience, seed=seed)
-    model_dir = work / f"ours_train_seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)  # a fresh folder per run: pairs share --work
+    model_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"ours_train_seed{seed}_"))
     tick = time.perf_counter()
     result = train(train_store, model_dir, config, device=device, progress=False)
     wall = time.perf_counter() - tick
     estimator = ModelFolder(model_dir).load_estimator(device=device)
     seconds = torch.tensor([row["seconds"] for row in result.history], dtype=torch.float64)
-    trace = list(zip(seconds.cumsum(0).tolist(), [r["val_loss"] for r in result.history],
-                     strict=True))  # fmt: skip
+    trace = list(
+        zip(seconds.cumsum(0).tolist(), [r["val_loss"] for r in result.history], strict=True)
+    )
     support = LensPrior(SimulationStore.open(train_store).config.prior).support
     return Fitted(estimator, "theta", lambda v: v, support.check, trace, wall)
 
@@ -301,11 +311,13 @@ def evaluate(fitted: Fitted, theta, x, num_samples: int, device: str, batch: int
 
     parts = [
         _evaluate_batch(
-            fitted, theta[i : i + batch].to(device),
-            fitted.scale_x(x[i : i + batch].to(device)), num_samples,
+            fitted,
+            theta[i : i + batch].to(device),
+            fitted.scale_x(x[i : i + batch].to(device)),
+            num_samples,
         )
         for i in range(0, len(theta), batch)
-    ]  # fmt: skip
+    ]
     log_q, acceptance, mean = (torch.cat(p).double().cpu() for p in zip(*parts, strict=True))
     finite = torch.isfinite(log_q)
     truncated = log_q - acceptance.clamp(min=1 / num_samples).log()
@@ -349,7 +361,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
-    return parser  # fmt: skip
+    return parser
 
 
 def _load(path: str, limit: int | None):
@@ -371,8 +383,9 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
                 f"--num-train={args.num_train}: ours_train trains on the whole store; "
                 "simulate a smaller store instead"
             )
-        fitted = fit_ours_train(args.train_store, work, args.device, args.seed,
-                                args.train_epochs, args.patience)  # fmt: skip
+        fitted = fit_ours_train(
+            args.train_store, work, args.device, args.seed, args.train_epochs, args.patience
+        )
         from sbi_lens.store import SimulationStore
 
         return fitted, len(SimulationStore.open(args.train_store))
