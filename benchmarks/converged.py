@@ -112,9 +112,7 @@ def box_prior(bounds: torch.Tensor, device: str = "cpu"):
         )
     low, high = theta_to_phi(bounds[:, 0]), theta_to_phi(bounds[:, 1])
     margin = _BOX_MARGIN * (high - low)
-    return BoxUniform(
-        (low - margin).float(), (high + margin).float(), device=torch.device(device).type
-    )
+    return BoxUniform((low - margin).float(), (high + margin).float(), device=str(device))
 
 
 # ----------------------------------------------------------------------- images
@@ -202,7 +200,15 @@ class Fitted:
     wall_seconds: float
 
 
-def fit_sbi(model: str, theta, x, bounds, device: str, max_epochs: int | None) -> Fitted:
+def fit_sbi(
+    model: str,
+    theta,
+    x,
+    bounds,
+    device: str,
+    max_epochs: int | None,
+    data_device: str | None = None,
+) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
     Args:
@@ -211,6 +217,7 @@ def fit_sbi(model: str, theta, x, bounds, device: str, max_epochs: int | None) -
         bounds: the prior's physical bounds ``(4, 2)``.
         device: torch device of the training.
         max_epochs: sbi's ``max_num_epochs`` (None: sbi's default, no cap).
+        data_device: where sbi keeps the simulations (None: sbi's default, ``device``).
     """
     from sbi.inference import NPE
 
@@ -228,7 +235,7 @@ def fit_sbi(model: str, theta, x, bounds, device: str, max_epochs: int | None) -
         tracker=_NoTracker(),
         show_progress_bars=False,
     )
-    inference.append_simulations(theta_to_phi(theta), scale_x(x))
+    inference.append_simulations(theta_to_phi(theta), scale_x(x), data_device=data_device)
     cap = {} if max_epochs is None else {"max_num_epochs": max_epochs}
     estimator = inference.train(**cap).eval()
     summary = inference.summary
@@ -360,6 +367,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-train", type=int, default=None, help="first N training lenses")
     parser.add_argument("--num-test", type=int, default=None, help="first N held-out lenses")
     parser.add_argument("--num-samples", type=int, default=256, help="posterior samples per lens")
+    parser.add_argument(
+        "--data-device",
+        default=None,
+        help="sbi models: where sbi keeps the simulations (default: sbi's, the --device)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -393,7 +405,8 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
     bounds = LensPrior(store.config.prior).support.bounds
-    return fit_sbi(args.model, theta, x, bounds, args.device, args.max_epochs), len(theta)
+    fitted = fit_sbi(args.model, theta, x, bounds, args.device, args.max_epochs, args.data_device)
+    return fitted, len(theta)
 
 
 def run(args) -> dict:

@@ -82,6 +82,17 @@ def test_every_model_trains_and_prints_one_json_line(model, stores, tmp_path, ca
     assert json.loads(out.read_text()) == record  # appended, the same line
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["stock_cnn", "ours_sbi", "ours_train"])
+def test_models_train_and_evaluate_on_cuda(model, stores, tmp_path, capsys):
+    train, test = stores
+    argv = [str(train), str(test), "--model", model, "--device", "cuda", "--max-epochs", "1"]
+    argv += ["--train-epochs", "2", "--num-samples", "8", "--work", str(tmp_path)]
+    assert converged.main(argv) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["device"] == "cuda" and math.isfinite(record["log_q_mean"])
+
+
 # ----------------------------------------------------------------- one common space
 _MU, _SIGMA = torch.tensor([0.2, 5.5]), torch.tensor([0.3, 0.15])  # log θ_E, log σ_v
 
