@@ -350,7 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("test_store")
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--seed", type=int, default=0, help="seeds split, weights, samples")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument(
         "--max-epochs",
         type=int,
@@ -379,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str, limit: int | None):
-    """(θ ``(N, 4)``, x ``(N, bands, H, W)``) float32 tensors, and the store's config name."""
+    """θ ``(N, 4)`` and x ``(N, bands, H, W)`` as float32 tensors, and the open store."""
     from sbi_lens.store import SimulationStore
 
     store = SimulationStore.open(path)
@@ -390,6 +390,7 @@ def _load(path: str, limit: int | None):
 def _fit(args, work: Path) -> tuple[Fitted, int]:
     """Train the asked model; returns it and the number of training lenses it saw."""
     from sbi_lens.priors import LensPrior
+    from sbi_lens.store import SimulationStore
 
     if args.model == "ours_train":
         if args.num_train is not None:
@@ -400,8 +401,6 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         fitted = fit_ours_train(
             args.train_store, work, args.device, args.seed, args.train_epochs, args.patience
         )
-        from sbi_lens.store import SimulationStore
-
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
     bounds = LensPrior(store.config.prior).support.bounds
@@ -411,13 +410,15 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
 
 def run(args) -> dict:
     """Train and evaluate the pair ``(args.model, args.seed)``; the result record."""
+    from sbi_lens.model_folder import resolve_device
+    from sbi_lens.store import SimulationStore
+
+    args.device = str(resolve_device(args.device))  # fails early, in one line, without CUDA
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # sbi's split and every initial weight draw from it
     with tempfile.TemporaryDirectory(prefix="converged-") as tmp:
         fitted, num_train = _fit(args, Path(args.work) if args.work else Path(tmp))
-    from sbi_lens.store import SimulationStore
-
     test_theta, test_x, _ = _load(args.test_store, args.num_test)
     torch.manual_seed(args.seed + 1)  # posterior samples
     figures = evaluate(fitted, test_theta, test_x, args.num_samples, args.device)
