@@ -32,9 +32,14 @@ __all__ = [
     "NULL_LENSES",
     "REFERENCE_LENSES",
     "OODReference",
+    "CutoutPvalues",
     "StoreOOD",
+    "combine_pvalues",
+    "cutout_features",
     "ood_features",
     "fit_reference",
+    "fit_references",
+    "read_lenses",
 ]
 
 #: Neighbour whose distance is the statistic (robust to a single close reference).
@@ -43,6 +48,22 @@ K_NEIGHBOURS = 5
 REFERENCE_LENSES = 2048
 #: Validation lenses whose statistics form the null distribution (at most).
 NULL_LENSES = 2048
+
+
+def combine_pvalues(embedding, arc=None) -> np.ndarray:
+    """(N,) one p-value from the embedding test's and the arc check's (Bonferroni).
+
+    ``min(1, 2·min(p_embedding, p_arc))`` is valid whatever the dependence between the
+    two (P(p ≤ α) ≤ α/2 + α/2); without an arc check it is the embedding's p-value.
+
+    Args:
+        embedding: (N,) p-values of the embedding test (:meth:`OODReference.pvalues`).
+        arc: (N,) p-values of the arc check (:mod:`sbi_lens.arc_check`), or None.
+    """
+    embedding = np.asarray(embedding, dtype=float)
+    if arc is None:
+        return embedding
+    return np.minimum(1.0, 2.0 * np.minimum(embedding, np.asarray(arc, dtype=float)))
 
 
 def _pool(h: Tensor) -> Tensor:
@@ -101,6 +122,41 @@ def ood_features(embedding_net: torch.nn.Module, x, batch_size: int = 256) -> Te
 
 
 @dataclass(frozen=True)
+class CutoutPvalues:
+    """Each cutout's p-values of the two checks, and the one that flags it.
+
+    Attributes:
+        embedding: (N,) p-values that the cutouts' embedding features are like the
+            training lenses' (:meth:`OODReference.pvalues`; small: unlike the training
+            images: a star, another noise level or PSF, misaligned bands).
+        arc: (N,) p-values of the arc check (:mod:`sbi_lens.arc_check`; small: no lensed
+            source seen), or None for a model without one.
+    """
+
+    embedding: np.ndarray
+    arc: np.ndarray | None = None
+
+    @property
+    def combined(self) -> np.ndarray:
+        """(N,) :func:`combine_pvalues` of the two: what ``ood_pvalue`` reports."""
+        return combine_pvalues(self.embedding, self.arc)
+
+    def causes(self, i: int, threshold: float) -> list[str]:
+        """Why cutout ``i`` is flagged at ``threshold`` (each check at half of it when
+        both run): "no lensed source detected", "unlike the training images", or both."""
+        level = threshold if self.arc is None else threshold / 2.0
+        found = []
+        if self.arc is not None and self.arc[i] < level:
+            found.append(f"no lensed source detected (arc p-value {self.arc[i]:.3g})")
+        if self.embedding[i] < level:
+            found.append(
+                "unlike the training images: a star or artefact, another depth or PSF, "
+                f"misaligned bands? (embedding p-value {self.embedding[i]:.3g})"
+            )
+        return found
+
+
+@dataclass(frozen=True)
 class StoreOOD:
     """Whether a set of lenses (a store, a real sample) looks like the training set.
 
@@ -110,11 +166,16 @@ class StoreOOD:
         fraction_below_005: share of lenses whose own p-value is below 0.05
             (≈ 0.05 for a sample like the training set).
         num_lenses: lenses tested.
+        arc_pvalue: the same test of the arc check's "no arc" scores (small: fewer
+            lensed sources seen than in the training set); None without an arc check.
+        arc_fraction_below_005: share of lenses whose arc p-value is below 0.05.
     """
 
     pvalue: float
     fraction_below_005: float
     num_lenses: int
+    arc_pvalue: float | None = None
+    arc_fraction_below_005: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready record."""
@@ -122,6 +183,8 @@ class StoreOOD:
             "pvalue": self.pvalue,
             "fraction_below_0.05": self.fraction_below_005,
             "num_lenses": self.num_lenses,
+            "arc_pvalue": self.arc_pvalue,
+            "arc_fraction_below_0.05": self.arc_fraction_below_005,
         }
 
 
@@ -137,6 +200,9 @@ class OODReference:
         reference: (R, F) whitened reference features.
         null_scores: (M,) statistics of held-out lenses, sorted ascending.
         k: the neighbour whose distance is the statistic.
+        arc_features: how many of the F features, at the end, are the arc classifier's
+            (:meth:`~sbi_lens.arc_check.ArcClassifier.features`; 0 for a reference
+            fitted without them). :func:`cutout_features` builds what it compares.
     """
 
     mean: Tensor
@@ -144,15 +210,19 @@ class OODReference:
     reference: Tensor
     null_scores: Tensor
     k: int
+    arc_features: int = 0
 
     @classmethod
-    def fit(cls, reference: Tensor, null: Tensor, k: int = K_NEIGHBOURS) -> OODReference:
+    def fit(
+        cls, reference: Tensor, null: Tensor, k: int = K_NEIGHBOURS, arc_features: int = 0
+    ) -> OODReference:
         """Whiten on ``reference`` and calibrate the statistic on ``null``.
 
         Args:
             reference: (R, F) features of training lenses.
             null: (M, F) features of held-out lenses (not in ``reference``).
             k: the neighbour whose distance is the statistic (capped at R).
+            arc_features: trailing features that come from the arc classifier.
         """
         reference = torch.as_tensor(reference, dtype=torch.float64)
         if reference.dim() != 2 or len(reference) < 2 or len(null) < 1:
@@ -174,7 +244,7 @@ class OODReference:
             mean, whitening, centred @ whitening.T, torch.empty(0), min(k, len(reference))
         )
         null_scores = torch.sort(partial.scores(null)).values
-        return cls(partial.mean, whitening, partial.reference, null_scores, partial.k)
+        return cls(partial.mean, whitening, partial.reference, null_scores, partial.k, arc_features)
 
     def scores(self, embeddings: Tensor, batch_size: int = 1024) -> Tensor:
         """(N,) statistic: whitened distance to the k-th nearest reference lens.
@@ -225,6 +295,7 @@ class OODReference:
             "reference": self.reference,
             "null_scores": self.null_scores,
             "k": self.k,
+            "arc_features": self.arc_features,
         }
 
     @classmethod
@@ -236,10 +307,35 @@ class OODReference:
             data["reference"].double(),
             data["null_scores"].double(),
             int(data["k"]),
+            int(data.get("arc_features", 0)),
         )
 
 
-def _read_lenses(store, chunks, limit: int) -> np.ndarray:
+def cutout_features(reference: OODReference, embedding_net, x, arc=None) -> Tensor:
+    """(N, F) what ``reference`` compares: :func:`ood_features`, followed by the arc
+    classifier's features when the reference was fitted with them.
+
+    Args:
+        reference: the model's :class:`OODReference`.
+        embedding_net: the model's embedding.
+        x: (N, bands, H, W) cutouts.
+        arc: the model's :class:`~sbi_lens.arc_check.ArcReference` (None: none).
+
+    Raises:
+        ValueError: the reference needs the arc classifier's features and ``arc`` is None.
+    """
+    features = ood_features(embedding_net, x)
+    if not reference.arc_features:
+        return features
+    if arc is None:
+        raise ValueError(
+            f"the OOD reference compares {reference.arc_features} arc-classifier features "
+            "and no arc reference was given; load it with ModelFolder.load_arc_reference()"
+        )
+    return torch.cat([features, arc.classifier.features(x)], dim=1)
+
+
+def read_lenses(store, chunks, limit: int) -> np.ndarray:
     """Images of the first ``limit`` lenses of ``chunks``, read chunk by chunk."""
     parts, total = [], 0
     for k in chunks:
@@ -256,6 +352,7 @@ def fit_reference(
     reference_chunks,
     null_chunks,
     *,
+    arc=None,
     num_reference: int = REFERENCE_LENSES,
     num_null: int = NULL_LENSES,
 ) -> OODReference | None:
@@ -266,6 +363,8 @@ def fit_reference(
         store: the training :class:`~sbi_lens.store.SimulationStore`.
         reference_chunks: chunks the reference embeddings come from (training chunks).
         null_chunks: chunks held out from training (validation chunks): the null set.
+        arc: the model's :class:`~sbi_lens.arc_check.ArcReference`, whose classifier's
+            features are compared too (None: the embedding's only).
         num_reference: at most this many reference lenses.
         num_null: at most this many null lenses.
 
@@ -273,10 +372,37 @@ def fit_reference(
         The reference, or None when the chunks hold too few lenses (< 2 reference,
         < 1 null).
     """
-    reference = _read_lenses(store, reference_chunks, num_reference)
-    null = _read_lenses(store, null_chunks, num_null)
+    reference = read_lenses(store, reference_chunks, num_reference)
+    null = read_lenses(store, null_chunks, num_null)
     if len(reference) < 2 or len(null) < 1:
         return None
-    return OODReference.fit(
-        ood_features(embedding_net, reference), ood_features(embedding_net, null)
-    )
+    features = [ood_features(embedding_net, part) for part in (reference, null)]
+    if arc is None:
+        return OODReference.fit(*features)
+    extra = [arc.classifier.features(part) for part in (reference, null)]
+    both = [torch.cat(pair, dim=1) for pair in zip(features, extra, strict=True)]
+    return OODReference.fit(*both, arc_features=extra[0].shape[1])
+
+
+def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chunks, *, seed=0):
+    """Both checks of a trained model, as the end of training fits them.
+
+    First the arc check (:func:`~sbi_lens.arc_check.fit_arc_reference`; None for a
+    store its simulator cannot re-render), then the embedding test with the arc
+    classifier's features added to the embedding's.
+
+    Args:
+        embedding_net: the trained estimator's embedding.
+        store: the training :class:`~sbi_lens.store.SimulationStore`.
+        train_chunks: the chunks the model learnt from.
+        null_chunks: the chunks held out from training (validation chunks).
+        seed: seed of the arc check's re-rendered noise and training.
+
+    Returns:
+        (:class:`OODReference` or None, :class:`~sbi_lens.arc_check.ArcReference` or None).
+    """
+    from sbi_lens.arc_check import fit_arc_reference
+
+    arc = fit_arc_reference(store, train_chunks, null_chunks, seed=seed)
+    reference = fit_reference(embedding_net, store, train_chunks, null_chunks, arc=arc)
+    return reference, arc
