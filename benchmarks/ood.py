@@ -75,7 +75,7 @@ def main() -> None:
 
     from sbi_lens.arc_render import render_without_source, store_population
     from sbi_lens.model_folder import ModelFolder
-    from sbi_lens.ood import CutoutPvalues, cutout_features
+    from sbi_lens.ood import CutoutPvalues, ood_features
     from sbi_lens.simulator import LensSimulator
     from sbi_lens.store import SimulationStore
 
@@ -103,7 +103,7 @@ def main() -> None:
     }
     rates = {}
     for name, images in cases.items():
-        embedding = np.asarray(reference.pvalues(cutout_features(reference, net, images, arc)))
+        embedding = np.asarray(reference.pvalues(ood_features(net, images)))
         pvalues = CutoutPvalues(embedding, None if arc is None else arc.pvalues(images))
         rates[name] = _rates(pvalues.combined)
         rates[name]["embedding"] = _rates(embedding)

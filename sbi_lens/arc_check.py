@@ -185,12 +185,6 @@ class ArcClassifier(nn.Module):
         views += [view.flip(-1) for view in views]
         return torch.stack([self(view) for view in views]).mean(dim=0)
 
-    def features(self, x, batch_size: int = 512) -> Tensor:
-        """(N, 2·width·(rings + 1)) float64 :meth:`pooled` features of (N, bands, H, W)
-        images: what the embedding test adds to its own (:mod:`sbi_lens.ood`), since
-        they see colours and misaligned bands that the embedding's features blur."""
-        return _batches(self, x, batch_size, self.pooled)
-
 
 def _batches(module: ArcClassifier, x, batch_size: int, fn) -> Tensor:
     """``fn(inputs)`` over (N, bands, H, W) images in batches, in eval mode, as float64."""

@@ -317,7 +317,7 @@ def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHO
         A :class:`~sbi_lens.ood.CutoutPvalues` (``arc`` None for a model without an arc
         check), or None (with one warning) for a model trained without an OOD reference.
     """
-    from sbi_lens.ood import CutoutPvalues, cutout_features
+    from sbi_lens.ood import CutoutPvalues, ood_features
 
     reference = folder.load_ood_reference()
     if reference is None:
@@ -342,7 +342,7 @@ def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHO
             stacklevel=2,
         )
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
-    features = reference.pvalues(cutout_features(reference, embedding, x, arc))
+    features = reference.pvalues(ood_features(embedding, x))
     return CutoutPvalues(features, None if arc is None else arc.pvalues(x))
 
 

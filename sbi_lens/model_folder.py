@@ -3,7 +3,8 @@
 A MODEL folder holds ``model.json`` (simulation and training configs, image layout,
 versions), ``weights.pt`` (the best state dict), ``checkpoint.pt`` (the last epoch,
 for resuming), ``history.csv``, ``training_curve.png`` and ``ood_reference.pt`` (the
-out-of-distribution test's reference, :mod:`sbi_lens.ood`). A saved model is
+out-of-distribution test's reference, :mod:`sbi_lens.ood`, and the arc check,
+:mod:`sbi_lens.arc_check`, under the key ``arc``). A saved model is
 hyperparameters (``model.json``) plus array values (``weights.pt``): loading it
 rebuilds the modules from the former and fills them from the latter, with no data.
 

@@ -120,7 +120,7 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
     from dataclasses import replace
 
     from sbi_lens.inference import InputMismatchWarning
-    from sbi_lens.ood import cutout_features
+    from sbi_lens.ood import ood_features
 
     reference = folder.load_ood_reference()
     if reference is None:
@@ -132,8 +132,8 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
         )
         return None
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
+    result = reference.store_test(ood_features(embedding, x))
     arc = folder.load_arc_reference()
-    result = reference.store_test(cutout_features(reference, embedding, x, arc))
     if arc is not None:
         arc_pvalue, arc_fraction = arc.store_test(x)
         result = replace(result, arc_pvalue=arc_pvalue, arc_fraction_below_005=arc_fraction)

@@ -449,7 +449,6 @@ def _fit_ood_reference(run: _Run) -> dict:
         record["arc_check"] = {
             "num_train": arc.num_train,
             "num_null": len(arc.null_scores),
-            "features_in_ood_reference": reference.arc_features,
             "seconds_with_ood_reference": round(time.perf_counter() - start, 1),
         }
     return record

@@ -26,7 +26,7 @@ from sbi_lens.config import TrainConfig, load_config
 from sbi_lens.fits_writer import write_cutout
 from sbi_lens.inference import InputMismatchWarning, run_inference
 from sbi_lens.model_folder import ModelFolder
-from sbi_lens.ood import CutoutPvalues, combine_pvalues, fit_reference
+from sbi_lens.ood import CutoutPvalues, combine_pvalues
 from sbi_lens.parallel import run_simulation
 from sbi_lens.report import store_out_of_distribution
 from sbi_lens.simulator import LensSimulator
@@ -214,16 +214,12 @@ def test_infer_reports_both_pvalues_and_names_the_cause(stores, held_pairs, tmp_
 
 
 def test_an_old_model_folder_without_the_arc_check_still_infers(stores, held_pairs, tmp_path):
-    """An ``ood_reference.pt`` as models before the arc check wrote it: the embedding's
-    features only, no ``arc`` and no ``arc_features`` key."""
-    train_store, _, model, _ = stores
+    """An ``ood_reference.pt`` as models before the arc check wrote it: no ``arc`` key."""
+    _, _, model, _ = stores
     old = tmp_path / "old_model"
     shutil.copytree(model, old)
-    info = json.loads((old / "model.json").read_text())
-    net = ModelFolder(old).load_estimator().embedding_net
-    chunks = info["train_chunks"], info["validation_chunks"]
-    data = fit_reference(net, train_store, *chunks).to_dict()
-    del data["arc_features"]
+    data = torch.load(old / "ood_reference.pt", weights_only=True)
+    del data["arc"]
     torch.save(data, old / "ood_reference.pt")
     assert ModelFolder(old).load_arc_reference() is None
     files, _ = _cutouts(held_pairs, ModelFolder(model).load_arc_reference(), tmp_path)
