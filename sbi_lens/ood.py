@@ -5,7 +5,7 @@ flow conditions on) and the pooled activations of each of its stages
 (:func:`ood_features`), whitened with the mean and covariance of reference
 features. A cutout's statistic is its distance to the k-th nearest reference: large
 when the network has never seen anything like it (a saturated star, another noise
-level, a misregistered band, no arc).
+level, a misregistered band).
 
 The statistic is calibrated, not assumed: at the end of training, the reference is
 embedded from training lenses and the statistic is computed for validation lenses
@@ -17,6 +17,10 @@ simulator is exchangeable with the null lenses, so its p-value
 is valid (P(p ≤ α) ≤ α) without any distributional assumption (a conformal p-value).
 A whole store is tested by comparing its statistics with the null set's
 (one-sided Mann-Whitney U), exchangeable under the same hypothesis.
+
+A missing arc is a few per cent of the light and goes unseen here; the arc check
+(:mod:`sbi_lens.arc_check`) gives a second, calibrated p-value for it, and
+:func:`combine_pvalues` the one p-value that flags a cutout (Bonferroni).
 """
 
 from __future__ import annotations
@@ -366,5 +370,6 @@ def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chu
     from sbi_lens.arc_check import fit_arc_reference
 
     reference = fit_reference(embedding_net, store, train_chunks, null_chunks)
-    arc = fit_arc_reference(store, train_chunks, null_chunks, seed=seed)
-    return reference, arc
+    if reference is None:
+        return None, None
+    return reference, fit_arc_reference(store, train_chunks, null_chunks, seed=seed)

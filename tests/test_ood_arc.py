@@ -157,8 +157,9 @@ def test_the_check_separates_lenses_from_their_no_source_renders(stores, held_pa
     _, _, model, _ = stores
     arc = ModelFolder(model).load_arc_reference()
     with_arc, without_arc = held_pairs
-    # Measured: 0.0X of the held-out lenses and 0.XX of their no-source renders at p < 0.05.
-    assert np.mean(arc.pvalues(without_arc) < 0.05) >= 0.5
+    # Measured: 2.0 % of the 256 held-out lenses and 94.5 % of their no-source renders at
+    # p < 0.05 (chance: 5 %); the bound leaves room for another platform's round-off.
+    assert np.mean(arc.pvalues(without_arc) < 0.05) >= 0.8
     assert np.median(arc.pvalues(without_arc)) < np.median(arc.pvalues(with_arc))
 
 
