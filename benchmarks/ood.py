@@ -1,7 +1,10 @@
 """False-alarm and detection rates of the out-of-distribution p-value of a real model.
 
 On held-out lenses of the model's own simulation (a store it was not trained on), the
-fraction of cutouts with p < 0.05 (and < 0.01) for:
+fraction of cutouts with p < 0.05 (and < 0.01) of the combined p-value ``ood_pvalue``
+that ``infer`` reports, and of each check's own p-value (``embedding``, ``arc``; a
+model without an arc check has ``arc`` null and the combined p-value is the
+embedding's), for:
 
 * ``clean``: the store's cutouts as they are (false alarms; 5 % / 1 % expected);
 * ``saturated_star``: a star 10⁴ × the band's background rms added off-centre;
@@ -9,8 +12,13 @@ fraction of cutouts with p < 0.05 (and < 0.01) for:
 * ``band_shift_1px``: the reddest band rolled by one pixel (misregistration);
 * ``no_lensed_source``: the same lenses re-rendered without their source.
 
+``--refit TRAIN_STORE`` fits both checks again in memory, as the end of training
+does (:func:`sbi_lens.ood.fit_references`, from the training and validation chunks
+``model.json`` records), instead of reading ``ood_reference.pt``: a model trained
+before the arc check is measured with it, and nothing is written.
+
 Prints one JSON line. Usage:
-``python benchmarks/ood.py MODEL STORE [--num 2000] [--seed 0]``.
+``python benchmarks/ood.py MODEL STORE [--num 2000] [--seed 0] [--refit TRAIN_STORE]``.
 """
 
 from __future__ import annotations
@@ -32,12 +40,28 @@ def _with_star(x: np.ndarray, background: np.ndarray, rng) -> np.ndarray:
     return x
 
 
-def _without_source(simulator, theta, nuisance, rng) -> np.ndarray:
-    nuisance = np.array(nuisance[:, : len(simulator.population_names)], dtype=float)
-    for band in simulator.bands:
-        nuisance[:, simulator.population_names.index(f"source_mag_{band}")] = 99.0
-    images = simulator.render(theta, nuisance)
-    return simulator.add_noise(images, rng, simulator.noise_scale(nuisance)).astype(np.float32)
+def _rates(p: np.ndarray) -> dict:
+    return {
+        "flagged_p_below_0.05": round(float(np.mean(p < 0.05)), 4),
+        "flagged_p_below_0.01": round(float(np.mean(p < 0.01)), 4),
+        "median_p": round(float(np.median(p)), 4),
+    }
+
+
+def _refit(folder, net, train_store: str):
+    """(OODReference, ArcReference, seconds) fitted as training's end fits them."""
+    from sbi_lens.ood import fit_references
+    from sbi_lens.store import SimulationStore
+
+    store = SimulationStore.open(train_store)
+    info = folder.info.raw
+    if info.get("store_fingerprint") != store.fingerprint:
+        raise SystemExit(f"{train_store} is not the store {folder.path} was trained on")
+    start = time.perf_counter()
+    seed = int(info.get("train_config", {}).get("seed", 0))
+    chunks = (info["train_chunks"], info["validation_chunks"])
+    reference, arc = fit_references(net, store, *chunks, seed=seed)
+    return reference, arc, round(time.perf_counter() - start, 1)
 
 
 def main() -> None:
@@ -46,21 +70,26 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("--num", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refit", metavar="TRAIN_STORE", default=None)
     args = parser.parse_args()
 
+    from sbi_lens.arc_render import render_without_source, store_population
     from sbi_lens.model_folder import ModelFolder
-    from sbi_lens.ood import ood_features
+    from sbi_lens.ood import CutoutPvalues, ood_features
     from sbi_lens.simulator import LensSimulator
     from sbi_lens.store import SimulationStore
 
     start = time.perf_counter()
     folder = ModelFolder(args.model)
-    reference = folder.load_ood_reference()
     net = folder.load_estimator().embedding_net
+    reference, arc = folder.load_ood_reference(), folder.load_arc_reference()
+    refit_seconds = None
+    if args.refit is not None:
+        reference, arc, refit_seconds = _refit(folder, net, args.refit)
     store = SimulationStore.open(args.store)
     theta, x = store.load(limit=args.num)
-    nuisance = np.asarray(store.nuisance[: len(x)])
     simulator = LensSimulator(store.config)
+    nuisance = store_population(store, simulator, np.arange(len(x)))
     rng = np.random.default_rng(args.seed)
     rms = simulator.noise_rms(np.maximum(x, 0.0), simulator.noise_scale(nuisance))
     shifted = x.copy()
@@ -70,16 +99,15 @@ def main() -> None:
         "saturated_star": _with_star(x, simulator.background_rms, rng),
         "noise_x3": (x + np.sqrt(8.0) * rms * rng.standard_normal(x.shape)).astype(np.float32),
         "band_shift_1px": shifted,
-        "no_lensed_source": _without_source(simulator, theta, nuisance, rng),
+        "no_lensed_source": render_without_source(simulator, theta, nuisance, rng),
     }
     rates = {}
     for name, images in cases.items():
-        p = np.asarray(reference.pvalues(ood_features(net, images)))
-        rates[name] = {
-            "flagged_p_below_0.05": round(float(np.mean(p < 0.05)), 4),
-            "flagged_p_below_0.01": round(float(np.mean(p < 0.01)), 4),
-            "median_p": round(float(np.median(p)), 4),
-        }
+        embedding = np.asarray(reference.pvalues(ood_features(net, images)))
+        pvalues = CutoutPvalues(embedding, None if arc is None else arc.pvalues(images))
+        rates[name] = _rates(pvalues.combined)
+        rates[name]["embedding"] = _rates(embedding)
+        rates[name]["arc"] = None if arc is None else _rates(pvalues.arc)
     print(
         json.dumps(
             {
@@ -87,6 +115,7 @@ def main() -> None:
                 "model": args.model,
                 "store": args.store,
                 "num_lenses": len(x),
+                "refit_seconds": refit_seconds,
                 "rates": rates,
                 "seconds": round(time.perf_counter() - start, 1),
             }

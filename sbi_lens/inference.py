@@ -8,8 +8,10 @@ and over all lenses ``summary.csv`` and ``summary.json``. A table of the median 
 the central 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals is printed per lens.
 
 Each lens also gets ``ood_pvalue``, the p-value that its cutout comes from the
-model's training distribution (:mod:`sbi_lens.ood`); a value below ``ood_threshold``
-is warned about, naming the file.
+model's training distribution, combining ``embedding_pvalue`` (its embedding features
+are like the training images', :mod:`sbi_lens.ood`) and ``arc_pvalue`` (a lensed
+source is seen, :mod:`sbi_lens.arc_check`); a value below ``ood_threshold`` is
+warned about, naming the file and which check fired.
 """
 
 from __future__ import annotations
@@ -71,7 +73,12 @@ class LensSummary:
         std: (4,) posterior standard deviations.
         files: Output files written for this lens.
         ood_pvalue: p-value that the cutout comes from the training distribution
-            (None: the model has no OOD reference).
+            (None: the model has no OOD reference); the Bonferroni combination of
+            the two below (:func:`sbi_lens.ood.combine_pvalues`).
+        embedding_pvalue: p-value that its embedding features are like the training
+            images'.
+        arc_pvalue: p-value that it holds a lensed source like the training lenses'
+            (None: the model has no arc check).
     """
 
     cutout: Cutout
@@ -80,6 +87,8 @@ class LensSummary:
     std: np.ndarray
     files: tuple[Path, ...]
     ood_pvalue: float | None = None
+    embedding_pvalue: float | None = None
+    arc_pvalue: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready record: name, inputs, outputs and per-parameter statistics."""
@@ -95,13 +104,17 @@ class LensSummary:
             "cropped": self.cutout.cropped,
             "outputs": [p.name for p in self.files],
             "ood_pvalue": self.ood_pvalue,
+            "embedding_pvalue": self.embedding_pvalue,
+            "arc_pvalue": self.arc_pvalue,
             "parameters": parameters,
         }
 
     def as_row(self) -> dict:
         """Flat ``summary.csv`` row: ``theta_E_median``, ``theta_E_p16``, ..."""
         row = {"name": self.cutout.name, "files": ";".join(str(p) for p in self.cutout.sources)}
-        row["ood_pvalue"] = "" if self.ood_pvalue is None else self.ood_pvalue
+        for key in ("ood_pvalue", "embedding_pvalue", "arc_pvalue"):
+            value = getattr(self, key)
+            row[key] = "" if value is None else value
         for j, name in enumerate(PARAMETER_NAMES):
             for i, key in enumerate(_KEYS):
                 row[f"{name}_{key}"] = float(self.percentiles[i, j])
@@ -178,7 +191,12 @@ def format_table(summary: LensSummary) -> str:
         unit = PARAMETER_UNITS[name] or "-"
         lines.append("  {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}  {}".format(name, *values, unit))
     if summary.ood_pvalue is not None:
-        lines.append(f"  out-of-distribution p-value: {summary.ood_pvalue:.3g}")
+        parts = [f"embedding {summary.embedding_pvalue:.3g}"]
+        if summary.arc_pvalue is not None:
+            parts.append(f"arc {summary.arc_pvalue:.3g}")
+        lines.append(
+            f"  out-of-distribution p-value: {summary.ood_pvalue:.3g} ({', '.join(parts)})"
+        )
     return "\n".join(lines)
 
 
@@ -286,10 +304,8 @@ def check_noise_levels(
         warnings.warn(message, InputMismatchWarning, stacklevel=2)
 
 
-def ood_pvalues(
-    folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHOLD
-) -> np.ndarray | None:
-    """(N,) p-values that each cutout comes from the model's training distribution.
+def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHOLD):
+    """Each cutout's p-values that it comes from the model's training distribution.
 
     Args:
         folder: the :class:`~sbi_lens.model_folder.ModelFolder`.
@@ -298,10 +314,10 @@ def ood_pvalues(
         threshold: the warning threshold; one warning if no p-value can fall below it.
 
     Returns:
-        The p-values, or None (with one warning) for a model trained without an OOD
-        reference.
+        A :class:`~sbi_lens.ood.CutoutPvalues` (``arc`` None for a model without an arc
+        check), or None (with one warning) for a model trained without an OOD reference.
     """
-    from sbi_lens.ood import ood_features
+    from sbi_lens.ood import CutoutPvalues, ood_features
 
     reference = folder.load_ood_reference()
     if reference is None:
@@ -312,32 +328,35 @@ def ood_pvalues(
             stacklevel=2,
         )
         return None
-    if 0 < threshold <= reference.smallest_pvalue:
+    arc = folder.load_arc_reference()
+    smallest = reference.smallest_pvalue
+    if arc is not None:
+        smallest = min(1.0, 2.0 * min(smallest, arc.smallest_pvalue))
+    if 0 < threshold <= smallest:
         warnings.warn(
             f"{folder.path}: its OOD reference holds {len(reference.null_scores)} held-out "
-            f"lenses, so no p-value falls below {reference.smallest_pvalue:.3g} and "
+            f"lenses, so no p-value falls below {smallest:.3g} and "
             f"ood_threshold={threshold:g} never warns; raise it, or train with more "
             "validation lenses",
             InputMismatchWarning,
             stacklevel=2,
         )
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
-    return reference.pvalues(ood_features(embedding, x))
+    features = reference.pvalues(ood_features(embedding, x))
+    return CutoutPvalues(features, None if arc is None else arc.pvalues(x))
 
 
-def _warn_out_of_distribution(
-    cutouts: Sequence[Cutout], pvalues: np.ndarray | None, threshold: float
-) -> None:
-    """One warning per cutout whose OOD p-value is below ``threshold``."""
+def _warn_out_of_distribution(cutouts: Sequence[Cutout], pvalues, threshold: float) -> None:
+    """One warning per cutout whose combined OOD p-value is below ``threshold``,
+    saying which check fired."""
     if pvalues is None:
         return
-    for cutout, p in zip(cutouts, pvalues, strict=True):
+    for i, (cutout, p) in enumerate(zip(cutouts, pvalues.combined, strict=True)):
         if p < threshold:
+            causes = " and ".join(pvalues.causes(i, threshold))
             warnings.warn(
                 f"{cutout.sources[0]}: out-of-distribution p-value {p:.3g} < {threshold:g}: "
-                "the cutout is unlike the model's training simulations (a star or artefact, "
-                "another depth or PSF, misaligned bands, no lensed source?); treat its "
-                "posterior with caution (docs/inference.md)",
+                f"{causes}; treat its posterior with caution (docs/inference.md)",
                 InputMismatchWarning,
                 stacklevel=3,
             )
@@ -448,11 +467,19 @@ def _sample_and_write(
         )
         for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
             files = _write_lens(out, cutout, samples, corner)
-            p = None if pvalues is None else float(pvalues[len(summaries)])
-            summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files), p))
+            ood = _lens_pvalues(pvalues, len(summaries))
+            summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files), *ood))
             if echo is not None:
                 echo(format_table(summaries[-1]))
     return summaries
+
+
+def _lens_pvalues(pvalues, i: int) -> tuple[float | None, float | None, float | None]:
+    """(combined, embedding, arc) p-values of cutout ``i``; None where not computed."""
+    if pvalues is None:
+        return None, None, None
+    arc = None if pvalues.arc is None else float(pvalues.arc[i])
+    return float(pvalues.combined[i]), float(pvalues.embedding[i]), arc
 
 
 def _check_arguments(

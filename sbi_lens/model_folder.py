@@ -3,7 +3,8 @@
 A MODEL folder holds ``model.json`` (simulation and training configs, image layout,
 versions), ``weights.pt`` (the best state dict), ``checkpoint.pt`` (the last epoch,
 for resuming), ``history.csv``, ``training_curve.png`` and ``ood_reference.pt`` (the
-out-of-distribution test's reference, :mod:`sbi_lens.ood`). A saved model is
+out-of-distribution test's reference, :mod:`sbi_lens.ood`, and the arc check,
+:mod:`sbi_lens.arc_check`, under the key ``arc``). A saved model is
 hyperparameters (``model.json``) plus array values (``weights.pt``): loading it
 rebuilds the modules from the former and fills them from the latter, with no data.
 
@@ -253,9 +254,13 @@ class ModelFolder:
             raise ValueError(f"resume=True: {self.checkpoint_path} does not exist")
         return _load_tensors(self.checkpoint_path, device)
 
-    def save_ood_reference(self, reference) -> None:
-        """Write ``ood_reference.pt`` from an :class:`~sbi_lens.ood.OODReference`."""
-        _save_atomic(reference.to_dict(), self.ood_path)
+    def save_ood_reference(self, reference, arc=None) -> None:
+        """Write ``ood_reference.pt`` from an :class:`~sbi_lens.ood.OODReference` and,
+        when given, an :class:`~sbi_lens.arc_check.ArcReference` (key ``arc``)."""
+        data = reference.to_dict()
+        if arc is not None:
+            data["arc"] = arc.to_dict()
+        _save_atomic(data, self.ood_path)
 
     def load_ood_reference(self):
         """The :class:`~sbi_lens.ood.OODReference`, or None for a model trained without one."""
@@ -264,6 +269,17 @@ class ModelFolder:
         if not self.ood_path.exists():
             return None
         return OODReference.from_dict(_load_tensors(self.ood_path, "cpu"))
+
+    def load_arc_reference(self):
+        """The :class:`~sbi_lens.arc_check.ArcReference`, or None for a model trained
+        without an arc check (before sbi-lens had one, or on a store its simulator
+        cannot re-render)."""
+        from sbi_lens.arc_check import ArcReference
+
+        if not self.ood_path.exists():
+            return None
+        data = _load_tensors(self.ood_path, "cpu")
+        return ArcReference.from_dict(data["arc"]) if "arc" in data else None
 
     # ---- history --------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:

@@ -5,7 +5,7 @@ flow conditions on) and the pooled activations of each of its stages
 (:func:`ood_features`), whitened with the mean and covariance of reference
 features. A cutout's statistic is its distance to the k-th nearest reference: large
 when the network has never seen anything like it (a saturated star, another noise
-level, a misregistered band, no arc).
+level, a misregistered band).
 
 The statistic is calibrated, not assumed: at the end of training, the reference is
 embedded from training lenses and the statistic is computed for validation lenses
@@ -17,6 +17,10 @@ simulator is exchangeable with the null lenses, so its p-value
 is valid (P(p ≤ α) ≤ α) without any distributional assumption (a conformal p-value).
 A whole store is tested by comparing its statistics with the null set's
 (one-sided Mann-Whitney U), exchangeable under the same hypothesis.
+
+A missing arc is a few per cent of the light and goes unseen here; the arc check
+(:mod:`sbi_lens.arc_check`) gives a second, calibrated p-value for it, and
+:func:`combine_pvalues` the one p-value that flags a cutout (Bonferroni).
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ __all__ = [
     "NULL_LENSES",
     "REFERENCE_LENSES",
     "OODReference",
+    "CutoutPvalues",
     "StoreOOD",
+    "combine_pvalues",
     "ood_features",
     "fit_reference",
+    "fit_references",
+    "read_lenses",
 ]
 
 #: Neighbour whose distance is the statistic (robust to a single close reference).
@@ -43,6 +51,22 @@ K_NEIGHBOURS = 5
 REFERENCE_LENSES = 2048
 #: Validation lenses whose statistics form the null distribution (at most).
 NULL_LENSES = 2048
+
+
+def combine_pvalues(embedding, arc=None) -> np.ndarray:
+    """(N,) one p-value from the embedding test's and the arc check's (Bonferroni).
+
+    ``min(1, 2·min(p_embedding, p_arc))`` is valid whatever the dependence between the
+    two (P(p ≤ α) ≤ α/2 + α/2); without an arc check it is the embedding's p-value.
+
+    Args:
+        embedding: (N,) p-values of the embedding test (:meth:`OODReference.pvalues`).
+        arc: (N,) p-values of the arc check (:mod:`sbi_lens.arc_check`), or None.
+    """
+    embedding = np.asarray(embedding, dtype=float)
+    if arc is None:
+        return embedding
+    return np.minimum(1.0, 2.0 * np.minimum(embedding, np.asarray(arc, dtype=float)))
 
 
 def _pool(h: Tensor) -> Tensor:
@@ -101,6 +125,41 @@ def ood_features(embedding_net: torch.nn.Module, x, batch_size: int = 256) -> Te
 
 
 @dataclass(frozen=True)
+class CutoutPvalues:
+    """Each cutout's p-values of the two checks, and the one that flags it.
+
+    Attributes:
+        embedding: (N,) p-values that the cutouts' embedding features are like the
+            training lenses' (:meth:`OODReference.pvalues`; small: unlike the training
+            images: a star, another noise level or PSF, misaligned bands).
+        arc: (N,) p-values of the arc check (:mod:`sbi_lens.arc_check`; small: no lensed
+            source seen), or None for a model without one.
+    """
+
+    embedding: np.ndarray
+    arc: np.ndarray | None = None
+
+    @property
+    def combined(self) -> np.ndarray:
+        """(N,) :func:`combine_pvalues` of the two: what ``ood_pvalue`` reports."""
+        return combine_pvalues(self.embedding, self.arc)
+
+    def causes(self, i: int, threshold: float) -> list[str]:
+        """Why cutout ``i`` is flagged at ``threshold`` (each check at half of it when
+        both run): "no lensed source detected", "unlike the training images", or both."""
+        level = threshold if self.arc is None else threshold / 2.0
+        found = []
+        if self.arc is not None and self.arc[i] < level:
+            found.append(f"no lensed source detected (arc p-value {self.arc[i]:.3g})")
+        if self.embedding[i] < level:
+            found.append(
+                "unlike the training images: a star or artefact, another depth or PSF, "
+                f"misaligned bands? (embedding p-value {self.embedding[i]:.3g})"
+            )
+        return found
+
+
+@dataclass(frozen=True)
 class StoreOOD:
     """Whether a set of lenses (a store, a real sample) looks like the training set.
 
@@ -110,11 +169,16 @@ class StoreOOD:
         fraction_below_005: share of lenses whose own p-value is below 0.05
             (≈ 0.05 for a sample like the training set).
         num_lenses: lenses tested.
+        arc_pvalue: the same test of the arc check's "no arc" scores (small: fewer
+            lensed sources seen than in the training set); None without an arc check.
+        arc_fraction_below_005: share of lenses whose arc p-value is below 0.05.
     """
 
     pvalue: float
     fraction_below_005: float
     num_lenses: int
+    arc_pvalue: float | None = None
+    arc_fraction_below_005: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready record."""
@@ -122,6 +186,8 @@ class StoreOOD:
             "pvalue": self.pvalue,
             "fraction_below_0.05": self.fraction_below_005,
             "num_lenses": self.num_lenses,
+            "arc_pvalue": self.arc_pvalue,
+            "arc_fraction_below_0.05": self.arc_fraction_below_005,
         }
 
 
@@ -239,7 +305,7 @@ class OODReference:
         )
 
 
-def _read_lenses(store, chunks, limit: int) -> np.ndarray:
+def read_lenses(store, chunks, limit: int) -> np.ndarray:
     """Images of the first ``limit`` lenses of ``chunks``, read chunk by chunk."""
     parts, total = [], 0
     for k in chunks:
@@ -273,10 +339,37 @@ def fit_reference(
         The reference, or None when the chunks hold too few lenses (< 2 reference,
         < 1 null).
     """
-    reference = _read_lenses(store, reference_chunks, num_reference)
-    null = _read_lenses(store, null_chunks, num_null)
+    reference = read_lenses(store, reference_chunks, num_reference)
+    null = read_lenses(store, null_chunks, num_null)
     if len(reference) < 2 or len(null) < 1:
         return None
     return OODReference.fit(
         ood_features(embedding_net, reference), ood_features(embedding_net, null)
     )
+
+
+def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chunks, *, seed=0):
+    """Both checks of a trained model, as the end of training fits them.
+
+    The embedding test (:func:`fit_reference`) and the arc check
+    (:func:`~sbi_lens.arc_check.fit_arc_reference`; None for a store its simulator
+    cannot re-render). The arc classifier's own features are not added to the
+    embedding test's: measured on lsst_gri they made a one-pixel band shift harder to
+    see (85 % instead of 90 % flagged at p < 0.025).
+
+    Args:
+        embedding_net: the trained estimator's embedding.
+        store: the training :class:`~sbi_lens.store.SimulationStore`.
+        train_chunks: the chunks the model learnt from.
+        null_chunks: the chunks held out from training (validation chunks).
+        seed: seed of the arc check's re-rendered noise and training.
+
+    Returns:
+        (:class:`OODReference` or None, :class:`~sbi_lens.arc_check.ArcReference` or None).
+    """
+    from sbi_lens.arc_check import fit_arc_reference
+
+    reference = fit_reference(embedding_net, store, train_chunks, null_chunks)
+    if reference is None:
+        return None, None
+    return reference, fit_arc_reference(store, train_chunks, null_chunks, seed=seed)

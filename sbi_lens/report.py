@@ -113,9 +113,12 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
         name: what to call the set in a warning (a store's path).
 
     Returns:
-        A :class:`~sbi_lens.ood.StoreOOD`, or None (with one warning) for a model
-        trained without an OOD reference. Warns when the store's p-value is below 0.01.
+        A :class:`~sbi_lens.ood.StoreOOD` (with the arc check's test when the model has
+        one), or None (with one warning) for a model trained without an OOD reference.
+        Warns when the store's p-value, or its arc p-value, is below 0.01.
     """
+    from dataclasses import replace
+
     from sbi_lens.inference import InputMismatchWarning
     from sbi_lens.ood import ood_features
 
@@ -130,6 +133,18 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
         return None
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
     result = reference.store_test(ood_features(embedding, x))
+    arc = folder.load_arc_reference()
+    if arc is not None:
+        arc_pvalue, arc_fraction = arc.store_test(x)
+        result = replace(result, arc_pvalue=arc_pvalue, arc_fraction_below_005=arc_fraction)
+        if arc_pvalue < _STORE_OOD_WARNING:
+            warnings.warn(
+                f"{name}: fewer lensed sources seen than in the model's training "
+                f"simulations (arc p-value {arc_pvalue:.3g}; {100 * arc_fraction:.1f} % of "
+                "cutouts have no arc detected at p < 0.05, about 5 % expected)",
+                InputMismatchWarning,
+                stacklevel=2,
+            )
     if result.pvalue < _STORE_OOD_WARNING:
         warnings.warn(
             f"{name}: its lenses are unlike the model's training simulations "
@@ -180,12 +195,21 @@ def _ood_lines(ood) -> list[str]:
     verdict = (
         "no: the lenses are unlike" if ood.pvalue < _STORE_OOD_WARNING else "yes: consistent with"
     )
-    return lines + [
+    lines += [
         f"- Store-level p-value: {ood.pvalue:.3g} ({verdict} the training simulations)",
         f"- Lenses with a per-cutout p-value below 0.05: {100 * ood.fraction_below_005:.1f} % "
         f"of {ood.num_lenses} (about 5 % for a store like the training set)",
-        "",
     ]
+    if ood.arc_pvalue is not None:
+        seen = "no: fewer" if ood.arc_pvalue < _STORE_OOD_WARNING else "yes: as many"
+        lines += [
+            f"- Arc check, store-level p-value: {ood.arc_pvalue:.3g} ({seen} lensed "
+            "sources seen as in the training simulations)",
+            f"- Lenses without a detected arc (arc p-value below 0.05): "
+            f"{100 * ood.arc_fraction_below_005:.1f} % (about 5 % for a store like the "
+            "training set)",
+        ]
+    return lines + [""]
 
 
 def _write_markdown(out_dir, report, summary, figures, model_dir, store, elapsed, ood) -> None:

@@ -419,21 +419,25 @@ def _progress_bar(config: TrainConfig, first_epoch: int):
 
 
 def _fit_ood_reference(run: _Run) -> dict:
-    """Embed reference and held-out lenses with the best weights: ``ood_reference.pt``.
+    """Train and calibrate the arc check, and embed reference and held-out lenses with
+    the best weights: ``ood_reference.pt`` (:func:`sbi_lens.ood.fit_references`).
 
     Returns:
         What ``model.json`` records about it (empty when nothing was written).
     """
-    from sbi_lens.ood import fit_reference
+    from sbi_lens.ood import fit_references
 
     if not run.folder.weights_path.exists():
         return {}
     best = run.folder.load_estimator(device=str(run.device))
-    reference = fit_reference(best.embedding_net, run.store, run.train_chunks, run.val_chunks)
+    start = time.perf_counter()
+    reference, arc = fit_references(
+        best.embedding_net, run.store, run.train_chunks, run.val_chunks, seed=run.config.seed
+    )
     if reference is None:
         return {}
-    run.folder.save_ood_reference(reference)
-    return {
+    run.folder.save_ood_reference(reference, arc)
+    record = {
         "ood_reference": {
             "file": run.folder.ood_path.name,
             "num_reference": len(reference.reference),
@@ -441,6 +445,13 @@ def _fit_ood_reference(run: _Run) -> dict:
             "k": reference.k,
         }
     }
+    if arc is not None:
+        record["arc_check"] = {
+            "num_train": arc.num_train,
+            "num_null": len(arc.null_scores),
+            "seconds_with_ood_reference": round(time.perf_counter() - start, 1),
+        }
+    return record
 
 
 def _finish(run: _Run, state: TrainState) -> TrainResult:
