@@ -342,15 +342,18 @@ def _draw_source(lens: ThetaColumns, config: PopulationConfig, streams, da_sourc
 def _lens_band_offsets(
     config: PopulationConfig, bands: tuple[str, ...], streams, n: int
 ) -> dict[str, np.ndarray]:
-    """Intrinsic lens magnitude offset [mag] in each band, N(0, ``lens_band_scatter``),
-    independent between bands: one stream per band name (``lens_band_scatter_<band>``),
-    so a band's offsets do not depend on which other bands are simulated."""
-    if config.lens_band_scatter == 0:
+    """Intrinsic lens magnitude offset [mag] in each band, N(0, s), independent between
+    bands: one stream per band name (``lens_band_scatter_<band>``), so a band's offsets
+    do not depend on which other bands are simulated. s is ``lens_band_scatter``, or per
+    lens log-uniform in ``lens_band_scatter_range`` (stream ``lens_band_scatter_scale``)."""
+    if config.lens_band_scatter_range is not None:
+        low, high = config.lens_band_scatter_range
+        scale = low * (high / low) ** streams.uniform("lens_band_scatter_scale", n)
+    elif config.lens_band_scatter == 0:
         return {band: np.zeros(n) for band in bands}
-    return {
-        band: config.lens_band_scatter * streams.normal(f"lens_band_scatter_{band}", n)
-        for band in bands
-    }
+    else:
+        scale = config.lens_band_scatter
+    return {band: scale * streams.normal(f"lens_band_scatter_{band}", n) for band in bands}
 
 
 def _band_magnitudes(

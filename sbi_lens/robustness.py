@@ -91,6 +91,7 @@ DEFAULT_SHIFTS: tuple[Shift, ...] = (
                 "lens_colour_scatter": Scale(2.0),
                 "lens_colour_scatter_range": Scale(2.0),
                 "lens_band_scatter": Scale(2.0),
+                "lens_band_scatter_range": Scale(2.0),
             }
         },
     ),

@@ -430,3 +430,22 @@ def test_band_scatter_is_independent_per_band_with_the_configured_rms():
     for name in without.names:
         if not name.startswith("lens_mag_"):
             assert np.array_equal(without.column(name), with_offsets.column(name)), name
+
+
+def test_band_scatter_range_is_a_log_uniform_scale_mixture():
+    """Per-lens rms s ~ log-uniform[a, b]: each band's offsets have variance E[s²]; the
+    other bands and columns are untouched by the extra stream."""
+    low, high, n = 0.01, 0.04, 20000
+    theta = _theta(n, seed=4)
+    fixed = CONFIG.population.model_copy(update={"lens_band_scatter": 0.0})
+    mixed = CONFIG.population.model_copy(update={"lens_band_scatter_range": (low, high)})
+    base = _draw(theta, seed=4, population=fixed)
+    drawn = _draw(theta, seed=4, population=mixed)
+    offsets = drawn.column("lens_mag_r") - base.column("lens_mag_r")
+    second_moment = (high**2 - low**2) / (2 * np.log(high / low))
+    assert offsets.var() == pytest.approx(second_moment, rel=0.05)
+    for name in base.names:
+        if not name.startswith("lens_mag_"):
+            assert np.array_equal(base.column(name), drawn.column(name)), name
+    with pytest.raises(ValueError, match="lens_band_scatter_range"):
+        PopulationConfig(lens_band_scatter_range=(0.05, 0.01))

@@ -47,7 +47,10 @@ class PopulationConfig(_Strict):
         lens_band_scatter: rms [mag] of an intrinsic lens magnitude offset drawn
             independently in each band (one stream per band name): the part of the
             red-sequence colour scatter that no single tilt describes, so two colours
-            cannot pin z_l and a tilt at once (docs/physics.md, "Colour scatter").
+            cannot pin z_l and a tilt at once (docs/physics.md, "SED").
+        lens_band_scatter_range: (low, high) [mag] or None (default: the fixed
+            ``lens_band_scatter``): each lens draws its own per-band rms log-uniform in
+            the range, as ``lens_colour_scatter_range`` does for the tilt.
         lens_dusty_fraction, lens_dusty_av: share of dusty early types and the range of
             their A_V [mag].
         lens_young_fraction, lens_young_mass_share: share of early types with a young
@@ -83,6 +86,7 @@ class PopulationConfig(_Strict):
     lens_colour_scatter: float = Field(0.025, ge=0, le=0.15)
     lens_colour_scatter_range: tuple[float, float] | None = None
     lens_band_scatter: float = Field(0.015, ge=0, le=0.1)
+    lens_band_scatter_range: tuple[float, float] | None = None
     lens_dusty_fraction: float = Field(0.10, ge=0, le=1)
     lens_dusty_av: tuple[float, float] = (0.2, 1.0)
     lens_young_fraction: float = Field(0.05, ge=0, le=1)
@@ -118,6 +122,8 @@ class PopulationConfig(_Strict):
             raise ValueError("lens_dusty_fraction + lens_young_fraction must be ≤ 1")
         if self.lens_colour_scatter_range is not None:
             _check_log_range("lens_colour_scatter_range", self.lens_colour_scatter_range, 0.15)
+        if self.lens_band_scatter_range is not None:
+            _check_log_range("lens_band_scatter_range", self.lens_band_scatter_range, 0.1)
         return self
 
 
