@@ -60,7 +60,9 @@ def _refit(folder, net, train_store: str):
     start = time.perf_counter()
     seed = int(info.get("train_config", {}).get("seed", 0))
     chunks = (info["train_chunks"], info["validation_chunks"])
-    reference, arc = fit_references(net, store, *chunks, seed=seed)
+    size = folder.info.train.arc_check
+    options = {"num_train": size.lenses, "epochs": size.epochs}
+    reference, arc = fit_references(net, store, *chunks, seed=seed, arc_options=options)
     return reference, arc, round(time.perf_counter() - start, 1)
 
 

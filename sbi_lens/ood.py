@@ -348,7 +348,9 @@ def fit_reference(
     )
 
 
-def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chunks, *, seed=0):
+def fit_references(
+    embedding_net: torch.nn.Module, store, train_chunks, null_chunks, *, seed=0, arc_options=None
+):
     """Both checks of a trained model, as the end of training fits them.
 
     The embedding test (:func:`fit_reference`) and the arc check
@@ -363,6 +365,8 @@ def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chu
         train_chunks: the chunks the model learnt from.
         null_chunks: the chunks held out from training (validation chunks).
         seed: seed of the arc check's re-rendered noise and training.
+        arc_options: keyword arguments of the arc check's fit (``num_train``,
+            ``epochs``); None: its defaults.
 
     Returns:
         (:class:`OODReference` or None, :class:`~sbi_lens.arc_check.ArcReference` or None).
@@ -372,4 +376,5 @@ def fit_references(embedding_net: torch.nn.Module, store, train_chunks, null_chu
     reference = fit_reference(embedding_net, store, train_chunks, null_chunks)
     if reference is None:
         return None, None
-    return reference, fit_arc_reference(store, train_chunks, null_chunks, seed=seed)
+    arc = fit_arc_reference(store, train_chunks, null_chunks, seed=seed, **(arc_options or {}))
+    return reference, arc

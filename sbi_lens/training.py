@@ -431,8 +431,14 @@ def _fit_ood_reference(run: _Run) -> dict:
         return {}
     best = run.folder.load_estimator(device=str(run.device))
     start = time.perf_counter()
+    arc_check = run.config.arc_check
     reference, arc = fit_references(
-        best.embedding_net, run.store, run.train_chunks, run.val_chunks, seed=run.config.seed
+        best.embedding_net,
+        run.store,
+        run.train_chunks,
+        run.val_chunks,
+        seed=run.config.seed,
+        arc_options={"num_train": arc_check.lenses, "epochs": arc_check.epochs},
     )
     if reference is None:
         return {}

@@ -153,6 +153,18 @@ def test_training_writes_the_arc_check(stores):
     assert ModelFolder(model).load_arc_reference() is not None
 
 
+def test_the_arc_check_size_is_a_training_setting(stores, tmp_path):
+    """``arc_check: {lenses, epochs}`` of the training config sets how many re-rendered
+    pairs the classifier learns from; model.json records it."""
+    train_store, *_ = stores
+    config = TINY.model_copy(update={"arc_check": {"lenses": 100, "epochs": 1}})
+    config = TrainConfig.model_validate(config.model_dump())
+    model = train(train_store.path, tmp_path / "m", config, device="cpu", progress=False)
+    info = json.loads((model.model_dir / "model.json").read_text())
+    assert info["arc_check"]["num_train"] == 100
+    assert info["train_config"]["arc_check"] == {"lenses": 100, "epochs": 1}
+
+
 def test_the_check_separates_lenses_from_their_no_source_renders(stores, held_pairs):
     _, _, model, _ = stores
     arc = ModelFolder(model).load_arc_reference()

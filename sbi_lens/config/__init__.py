@@ -21,6 +21,7 @@ from sbi_lens.config.simulation import (
     parse_config,
 )
 from sbi_lens.config.training import (
+    ArcCheckSettings,
     EmbeddingSettings,
     FlowSettings,
     TrainConfig,
@@ -29,6 +30,7 @@ from sbi_lens.config.training import (
 )
 
 __all__ = [
+    "ArcCheckSettings",
     "ComovingVolumeDist",
     "ConfigError",
     "EmbeddingSettings",
