@@ -56,3 +56,16 @@ def _parse_yaml(text: str, source: str):
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: not valid YAML: {error}".splitlines()[0]) from None
+
+
+def _validate(model: type[BaseModel], data, source: str):
+    """``data`` (a mapping) validated as ``model``; anything else, or an invalid field,
+    is a one-line :class:`ConfigError` naming ``source``."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sbi_lens.config.base import ConfigError, _format_error, _parse_yaml, _read_text, _Strict
+from sbi_lens.config.base import ConfigError, _parse_yaml, _read_text, _Strict, _validate
 from sbi_lens.config.population import NeighbourConfig, PopulationConfig, SelectionConfig
 from sbi_lens.cosmology import DEFAULT_COSMOLOGY, get_cosmology
 from sbi_lens.surveys import (
@@ -306,14 +306,7 @@ def parse_config(data: dict, source: str = "config") -> SimulationConfig:
     Raises:
         ConfigError: with one line naming the offending field.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
-        )
-    try:
-        return SimulationConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_format_error(error, source)) from None
+    return _validate(SimulationConfig, data, source)
 
 
 def load_config(path_or_text: str | Path) -> SimulationConfig:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from sbi_lens.config.base import ConfigError, _format_error, _parse_yaml, _read_text, _Strict
+from sbi_lens.config.base import ConfigError, _parse_yaml, _read_text, _Strict, _validate
 
 __all__ = [
     "ArcCheckSettings",
@@ -87,14 +87,7 @@ def parse_train_config(data, source: str = "train config") -> TrainConfig:
     """
     if data is None:
         return TrainConfig()
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
-        )
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_format_error(error, source)) from None
+    return _validate(TrainConfig, data, source)
 
 
 def load_train_config(path: str | Path | None) -> TrainConfig:
