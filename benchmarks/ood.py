@@ -12,6 +12,11 @@ embedding's), for:
 * ``band_shift_1px``: the reddest band rolled by one pixel (misregistration);
 * ``no_lensed_source``: the same lenses re-rendered without their source.
 
+Each case also gets ``noise_guard``: the fraction of cutouts ``infer`` refuses before
+any p-value because a band's pixel noise is more than ``NOISE_TOLERANCE`` (2×) off the
+training images' (:func:`sbi_lens.inference.check_noise_levels`), and ``caught``: the
+fraction refused or flagged at p < 0.05, what a user of ``infer`` is told.
+
 ``--refit TRAIN_STORE`` fits both checks again in memory, as the end of training
 does (:func:`sbi_lens.ood.fit_references`, from the training and validation chunks
 ``model.json`` records), instead of reading ``ood_reference.pt``: a model trained
@@ -38,6 +43,16 @@ def _with_star(x: np.ndarray, background: np.ndarray, rng) -> np.ndarray:
         star = np.exp(-0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2))
         image += 1e4 * background[:, None, None] * star
     return x
+
+
+def _refused(images: np.ndarray, expected: np.ndarray | None) -> np.ndarray:
+    """(N,) whether ``infer``'s noise guard refuses each cutout."""
+    from sbi_lens.inference import NOISE_TOLERANCE, noise_levels
+
+    if expected is None:
+        return np.zeros(len(images), dtype=bool)
+    ratio = noise_levels(images) / expected
+    return ((ratio > NOISE_TOLERANCE) | (ratio < 1 / NOISE_TOLERANCE)).any(axis=1)
 
 
 def _rates(p: np.ndarray) -> dict:
@@ -76,6 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sbi_lens.arc_render import render_without_source, store_population
+    from sbi_lens.inference import training_noise_levels
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.ood import CutoutPvalues, ood_features
     from sbi_lens.simulator import LensSimulator
@@ -83,7 +99,8 @@ def main() -> None:
 
     start = time.perf_counter()
     folder = ModelFolder(args.model)
-    net = folder.load_estimator().embedding_net
+    estimator = folder.load_estimator()
+    net, expected = estimator.embedding_net, training_noise_levels(estimator)
     reference, arc = folder.load_ood_reference(), folder.load_arc_reference()
     refit_seconds = None
     if args.refit is not None:
@@ -110,6 +127,9 @@ def main() -> None:
         rates[name] = _rates(pvalues.combined)
         rates[name]["embedding"] = _rates(embedding)
         rates[name]["arc"] = None if arc is None else _rates(pvalues.arc)
+        refused = _refused(images, expected)
+        rates[name]["noise_guard"] = round(float(np.mean(refused)), 4)
+        rates[name]["caught"] = round(float(np.mean(refused | (pvalues.combined < 0.05))), 4)
     print(
         json.dumps(
             {

@@ -73,10 +73,32 @@ def test_install_copies_only_the_needed_files_and_the_headline_metrics(installed
     assert report["diagnose_command"] == "x" and report["held_out_seed"] == 1
     headline = report["metrics"]
     assert headline["r2"] == {m["name"]: m["r2_mean"] for m in metrics["metrics"]}
+    assert headline["coverage_68"] == {m["name"]: m["coverage_68"] for m in metrics["metrics"]}
     coverage = metrics["coverage"]
     deviations = [*coverage["marginal_max_deviation"].values(), coverage["joint_max_deviation"]]
     assert headline["max_coverage_deviation"] == max(deviations)
     assert headline["tarp_atc"] == metrics["tarp"]["atc"]
+
+
+def test_the_shipped_ood_reference_is_float32_and_gives_the_same_pvalues(installed):
+    """install halves ood_reference.pt (float32) without moving any p-value: the
+    embedding test of the installed copy and of the trained model agree on held-out
+    and on noise-swamped cutouts."""
+    from sbi_lens.ood import ood_features
+
+    models, model, test_store, _ = installed
+    stored = torch.load(models / "tiny" / "ood_reference.pt", weights_only=True)
+    assert stored["reference"].dtype == torch.float32
+    original = ModelFolder(model)
+    net = original.load_estimator().embedding_net
+    _, x = test_store.load(limit=64)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).numpy()
+    noisy = x + 3 * x.std() * noise
+    for images in (x, noisy):
+        features = ood_features(net, images)
+        expected = original.load_ood_reference().pvalues(features)
+        got = ModelFolder(models / "tiny").load_ood_reference().pvalues(features)
+        assert (got == expected).all()
 
 
 def test_model_json_records_schema_seed_training_size_and_versions(installed):
