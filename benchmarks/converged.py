@@ -52,6 +52,7 @@ __all__ = [
     "evaluate",
     "log_q_in_phi",
     "main",
+    "model_label",
     "phi_to_theta",
     "seconds_to_near_best",
     "theta_to_phi",
@@ -156,11 +157,13 @@ def _stock_builder(kind: str, image_shape: tuple[int, int, int]):
     )
 
 
-def _ours_builder(prior, bands: int):
-    """The drop-in: our estimator as the density estimator of sbi's NPE."""
+def _ours_builder(prior, bands: int, symmetry: str = "none"):
+    """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
+    LensResNet's group pooling, ``none`` being its default)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
-    return spline_flow(prior=prior, embedding_net=LensResNet(in_bands=bands))
+    embedding = LensResNet(in_bands=bands, symmetry=symmetry)
+    return spline_flow(prior=prior, embedding_net=embedding)
 
 
 class _NoTracker:
@@ -208,6 +211,8 @@ def fit_sbi(
     device: str,
     max_epochs: int | None,
     data_device: str | None = None,
+    symmetry: str = "none",
+    learning_rate: float | None = None,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -218,6 +223,8 @@ def fit_sbi(
         device: torch device of the training.
         max_epochs: sbi's ``max_num_epochs`` (None: sbi's default, no cap).
         data_device: where sbi keeps the simulations (None: sbi's default, ``device``).
+        symmetry: ``ours_sbi``'s embedding symmetry (``none``, ``c4``, ``d4``).
+        learning_rate: Adam's learning rate (None: sbi's default, 5e-4).
     """
     from sbi.inference import NPE
 
@@ -225,7 +232,7 @@ def fit_sbi(
     scale_x = AsinhScaling.fit(x)
     prior = box_prior(bounds, device)
     if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
-        builder = _ours_builder(box_prior(bounds, "cpu"), x.shape[1])
+        builder = _ours_builder(box_prior(bounds, "cpu"), x.shape[1], symmetry)
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
     inference = NPE(
@@ -237,6 +244,8 @@ def fit_sbi(
     )
     inference.append_simulations(theta_to_phi(theta), scale_x(x), data_device=data_device)
     cap = {} if max_epochs is None else {"max_num_epochs": max_epochs}
+    if learning_rate is not None:
+        cap["learning_rate"] = learning_rate
     estimator = inference.train(**cap).eval()
     summary = inference.summary
     seconds = torch.tensor(summary["epoch_durations_sec"], dtype=torch.float64).cumsum(0)
@@ -372,6 +381,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="sbi models: where sbi keeps the simulations (default: sbi's, the --device)",
     )
+    parser.add_argument(
+        "--symmetry",
+        default="none",
+        choices=("none", "c4", "d4"),
+        help="ours_sbi: LensResNet's group pooling (default none, its default)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="sbi models: Adam's learning rate (default: sbi's, 5e-4)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -404,8 +425,29 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
     bounds = LensPrior(store.config.prior).support.bounds
-    fitted = fit_sbi(args.model, theta, x, bounds, args.device, args.max_epochs, args.data_device)
+    if args.symmetry != "none" and args.model != "ours_sbi":
+        raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
+    fitted = fit_sbi(
+        args.model,
+        theta,
+        x,
+        bounds,
+        args.device,
+        args.max_epochs,
+        args.data_device,
+        symmetry=args.symmetry,
+        learning_rate=args.learning_rate,
+    )
     return fitted, len(theta)
+
+
+def model_label(model: str, symmetry: str = "none", learning_rate: float | None = None) -> str:
+    """The table's name of a run: the model, with its non-default options in brackets,
+    e.g. ``ours_sbi[d4]`` or ``stock_resnet[lr=0.002]``."""
+    options = [symmetry] if symmetry != "none" else []
+    if learning_rate is not None:
+        options.append(f"lr={learning_rate:g}")
+    return f"{model}[{','.join(options)}]" if options else model
 
 
 def run(args) -> dict:
@@ -426,7 +468,7 @@ def run(args) -> dict:
     return {
         "benchmark": "converged",
         "config": SimulationStore.open(args.train_store).config.name,
-        "model": args.model,
+        "model": model_label(args.model, args.symmetry, args.learning_rate),
         "seed": args.seed,
         "device": args.device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -82,6 +82,20 @@ def test_every_model_trains_and_prints_one_json_line(model, stores, tmp_path, ca
     assert json.loads(out.read_text()) == record  # appended, the same line
 
 
+def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsys):
+    """``--symmetry`` and ``--learning-rate`` run and are named in the model label (so the
+    table gives each variant its own row); only ours_sbi takes a symmetry."""
+    train, test = stores
+    argv = [str(train), str(test), "--model", "ours_sbi", "--symmetry", "d4"]
+    argv += ["--learning-rate", "0.002", "--max-epochs", "1", "--num-samples", "8"]
+    assert converged.main(argv) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["model"] == "ours_sbi[d4,lr=0.002]" and math.isfinite(record["log_q_mean"])
+    assert converged.model_label("stock_cnn") == "stock_cnn"
+    with pytest.raises(ValueError, match="only ours_sbi"):
+        converged.main([str(train), str(test), "--model", "stock_cnn", "--symmetry", "c4"])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["stock_cnn", "ours_sbi", "ours_train"])
 def test_models_train_and_evaluate_on_cuda(model, stores, tmp_path, capsys):
