@@ -157,6 +157,10 @@ def _stock_builder(kind: str, image_shape: tuple[int, int, int]):
     )
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _ours_builder(prior, bands: int, symmetry: str = "none"):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
     LensResNet's group pooling, ``none`` being its default)."""
@@ -213,6 +217,7 @@ def fit_sbi(
     data_device: str | None = None,
     symmetry: str = "none",
     learning_rate: float | None = None,
+    raw_images: bool = False,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -225,11 +230,13 @@ def fit_sbi(
         data_device: where sbi keeps the simulations (None: sbi's default, ``device``).
         symmetry: ``ours_sbi``'s embedding symmetry (``none``, ``c4``, ``d4``).
         learning_rate: Adam's learning rate (None: sbi's default, 5e-4).
+        raw_images: ``ours_sbi`` only: give it the images in flux units, its documented
+            input (LensResNet scales them itself), instead of the stock models' asinh.
     """
     from sbi.inference import NPE
 
     tick = time.perf_counter()
-    scale_x = AsinhScaling.fit(x)
+    scale_x = _identity if raw_images else AsinhScaling.fit(x)
     prior = box_prior(bounds, device)
     if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
         builder = _ours_builder(box_prior(bounds, "cpu"), x.shape[1], symmetry)
@@ -393,6 +400,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="sbi models: Adam's learning rate (default: sbi's, 5e-4)",
     )
+    parser.add_argument(
+        "--raw-images",
+        action="store_true",
+        help="ours_sbi: flux-unit images (LensResNet's own scaling) instead of asinh",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -427,6 +439,8 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
     bounds = LensPrior(store.config.prior).support.bounds
     if args.symmetry != "none" and args.model != "ours_sbi":
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
+    if args.raw_images and args.model != "ours_sbi":
+        raise ValueError("--raw-images: only ours_sbi scales its images itself")
     fitted = fit_sbi(
         args.model,
         theta,
@@ -437,14 +451,19 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         args.data_device,
         symmetry=args.symmetry,
         learning_rate=args.learning_rate,
+        raw_images=args.raw_images,
     )
     return fitted, len(theta)
 
 
-def model_label(model: str, symmetry: str = "none", learning_rate: float | None = None) -> str:
+def model_label(
+    model: str, symmetry: str = "none", learning_rate: float | None = None, raw: bool = False
+) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
-    e.g. ``ours_sbi[d4]`` or ``stock_resnet[lr=0.002]``."""
+    e.g. ``ours_sbi[d4]``, ``ours_sbi[raw]`` or ``stock_resnet[lr=0.002]``."""
     options = [symmetry] if symmetry != "none" else []
+    if raw:
+        options.append("raw")
     if learning_rate is not None:
         options.append(f"lr={learning_rate:g}")
     return f"{model}[{','.join(options)}]" if options else model
@@ -468,7 +487,7 @@ def run(args) -> dict:
     return {
         "benchmark": "converged",
         "config": SimulationStore.open(args.train_store).config.name,
-        "model": model_label(args.model, args.symmetry, args.learning_rate),
+        "model": model_label(args.model, args.symmetry, args.learning_rate, args.raw_images),
         "seed": args.seed,
         "device": args.device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

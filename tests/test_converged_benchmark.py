@@ -88,12 +88,14 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
     train, test = stores
     argv = [str(train), str(test), "--model", "ours_sbi", "--symmetry", "d4"]
     argv += ["--learning-rate", "0.002", "--max-epochs", "1", "--num-samples", "8"]
-    assert converged.main(argv) == 0
+    assert converged.main([*argv, "--raw-images"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["model"] == "ours_sbi[d4,lr=0.002]" and math.isfinite(record["log_q_mean"])
+    assert record["model"] == "ours_sbi[d4,raw,lr=0.002]" and math.isfinite(record["log_q_mean"])
     assert converged.model_label("stock_cnn") == "stock_cnn"
     with pytest.raises(ValueError, match="only ours_sbi"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--symmetry", "c4"])
+    with pytest.raises(ValueError, match="only ours_sbi"):
+        converged.main([str(train), str(test), "--model", "stock_cnn", "--raw-images"])
 
 
 @pytest.mark.gpu
