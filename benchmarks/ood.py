@@ -13,9 +13,10 @@ embedding's), for:
 * ``no_lensed_source``: the same lenses re-rendered without their source.
 
 Each case also gets ``noise_guard``: the fraction of cutouts ``infer`` refuses before
-any p-value because a band's pixel noise is more than ``NOISE_TOLERANCE`` (2×) off the
-training images' (:func:`sbi_lens.inference.check_noise_levels`), and ``caught``: the
-fraction refused or flagged at p < 0.05, what a user of ``infer`` is told.
+any p-value because a band's pixel noise lies more than ``NOISE_TOLERANCE`` (2×) outside
+the training images' range (:func:`sbi_lens.noise_check.check_noise_levels`; null for a
+model without a recorded range), and ``caught``: the fraction refused or flagged at
+p < 0.05, what a user of ``infer`` is told.
 
 ``--refit TRAIN_STORE`` fits both checks again in memory, as the end of training
 does (:func:`sbi_lens.ood.fit_references`, from the training and validation chunks
@@ -45,14 +46,14 @@ def _with_star(x: np.ndarray, background: np.ndarray, rng) -> np.ndarray:
     return x
 
 
-def _refused(images: np.ndarray, expected: np.ndarray | None) -> np.ndarray:
-    """(N,) whether ``infer``'s noise guard refuses each cutout."""
-    from sbi_lens.inference import NOISE_TOLERANCE, noise_levels
+def _refused(images: np.ndarray, expected) -> np.ndarray:
+    """(N,) whether ``infer``'s noise guard refuses each cutout (``expected``: the
+    model's NoiseRange)."""
+    from sbi_lens.noise_check import NOISE_TOLERANCE, pixel_noise
 
-    if expected is None:
-        return np.zeros(len(images), dtype=bool)
-    ratio = noise_levels(images) / expected
-    return ((ratio > NOISE_TOLERANCE) | (ratio < 1 / NOISE_TOLERANCE)).any(axis=1)
+    sigma = pixel_noise(images)
+    too_high = sigma > NOISE_TOLERANCE * expected.high
+    return (too_high | (sigma * NOISE_TOLERANCE < expected.low)).any(axis=1)
 
 
 def _rates(p: np.ndarray) -> dict:
@@ -91,7 +92,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from sbi_lens.arc_render import render_without_source, store_population
-    from sbi_lens.inference import training_noise_levels
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.ood import CutoutPvalues, ood_features
     from sbi_lens.simulator import LensSimulator
@@ -99,8 +99,7 @@ def main() -> None:
 
     start = time.perf_counter()
     folder = ModelFolder(args.model)
-    estimator = folder.load_estimator()
-    net, expected = estimator.embedding_net, training_noise_levels(estimator)
+    net, expected = folder.load_estimator().embedding_net, folder.noise_range()
     reference, arc = folder.load_ood_reference(), folder.load_arc_reference()
     refit_seconds = None
     if args.refit is not None:
@@ -127,9 +126,14 @@ def main() -> None:
         rates[name] = _rates(pvalues.combined)
         rates[name]["embedding"] = _rates(embedding)
         rates[name]["arc"] = None if arc is None else _rates(pvalues.arc)
-        refused = _refused(images, expected)
-        rates[name]["noise_guard"] = round(float(np.mean(refused)), 4)
-        rates[name]["caught"] = round(float(np.mean(refused | (pvalues.combined < 0.05))), 4)
+        flagged = pvalues.combined < 0.05
+        if expected is None:
+            rates[name]["noise_guard"] = None
+            rates[name]["caught"] = round(float(np.mean(flagged)), 4)
+        else:
+            refused = _refused(images, expected)
+            rates[name]["noise_guard"] = round(float(np.mean(refused)), 4)
+            rates[name]["caught"] = round(float(np.mean(refused | flagged)), 4)
     print(
         json.dumps(
             {

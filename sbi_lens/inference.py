@@ -28,6 +28,7 @@ import torch
 
 from sbi_lens import __version__
 from sbi_lens.fits_io import Cutout, ImageSpec, load_cutouts
+from sbi_lens.noise_check import NOISE_TOLERANCE, check_noise_levels
 from sbi_lens.output_folder import claim_output_folder
 from sbi_lens.parameters import PARAMETER_NAMES, PARAMETER_UNITS
 
@@ -37,9 +38,7 @@ __all__ = [
     "PERCENTILES",
     "InputMismatchWarning",
     "check_noise_levels",
-    "noise_levels",
     "ood_pvalues",
-    "training_noise_levels",
     "LensSummary",
     "format_table",
     "run_inference",
@@ -50,8 +49,6 @@ __all__ = [
 #: Percentiles reported per parameter: median and the central 68 % and 95 % intervals.
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
 _KEYS = ("p2.5", "p16", "median", "p84", "p97.5")
-#: Largest factor between a cutout's pixel noise and the training images' that passes.
-NOISE_TOLERANCE = 2.0
 #: Default out-of-distribution p-value below which a cutout is warned about.
 OOD_THRESHOLD = 0.01
 _DECIMALS = {"z_lens": 3, "z_source": 3, "theta_E": 3, "sigma_v": 1}
@@ -243,65 +240,19 @@ def _write_summaries(out: Path, summaries: Sequence[LensSummary], meta: dict) ->
 # ----------------------------------------------------------------------------- driver
 
 
-def noise_levels(x: np.ndarray) -> np.ndarray:
-    """Pixel noise σ of each band of each cutout: 1.4826 × median absolute deviation.
-
-    The same robust estimate :class:`sbi_lens.nn.embedding.LensResNet` fixes from the
-    training images, so the two are comparable.
-
-    Args:
-        x: (N, bands, H, W) images.
-
-    Returns:
-        (N, bands) σ in the images' units.
-    """
-    pixels = np.asarray(x, dtype=np.float64).reshape(*x.shape[:2], -1)
-    median = np.median(pixels, axis=-1, keepdims=True)
-    return 1.4826 * np.median(np.abs(pixels - median), axis=-1)
-
-
-def training_noise_levels(posterior) -> np.ndarray | None:
-    """(bands,) pixel noise σ of the model's training images, or None if it has none."""
-    embedding = getattr(getattr(posterior, "posterior_estimator", posterior), "embedding_net", None)
-    scale = getattr(embedding, "scale", None)
-    return None if scale is None else scale.detach().cpu().numpy().astype(np.float64)
-
-
-def check_noise_levels(
-    cutouts: Sequence[Cutout],
-    x: np.ndarray,
-    expected: np.ndarray | None,
-    bands: Sequence[str],
-    noise_mismatch: str = "error",
-) -> None:
-    """Refuse (or warn about) cutouts whose pixel noise is not the training images'.
-
-    A cutout in other units (nJy instead of e-/s, ×1000) or of another depth gives a
-    confidently shifted posterior; its noise level shows it.
-
-    Args:
-        cutouts: the cutouts, for their names.
-        x: (N, bands, H, W) their images.
-        expected: (bands,) the training images' noise σ (None: nothing to compare).
-        bands: band names, in channel order.
-        noise_mismatch: ``error`` or ``warn``.
-
-    Raises:
-        ValueError: a band's noise is off by more than :data:`NOISE_TOLERANCE`.
-    """
+def _noise_range(folder):
+    """The model's :class:`~sbi_lens.noise_check.NoiseRange`, or None (one warning) for a
+    model trained before sbi-lens recorded one."""
+    expected = folder.noise_range()
     if expected is None:
-        return
-    ratio = noise_levels(x) / np.maximum(expected, np.finfo(np.float64).tiny)
-    off = (ratio > NOISE_TOLERANCE) | (ratio < 1 / NOISE_TOLERANCE)
-    for i, j in zip(*np.nonzero(off), strict=True):
-        message = (
-            f"{cutouts[i].sources[0]}: band {bands[j]} pixel noise is {ratio[i, j]:.3g}× the "
-            f"training images' ({expected[j]:.3g}); cutouts must be sky-subtracted, in e-/s "
-            "per pixel at the survey's zero point and depth (docs/inference.md)"
+        warnings.warn(
+            f"{folder.path}: model.json has no noise_range (trained before sbi-lens "
+            "measured the training images' noise that way); the cutouts' pixel noise is "
+            "not checked; retrain to get the check",
+            InputMismatchWarning,
+            stacklevel=3,
         )
-        if noise_mismatch == "error":
-            raise ValueError(message + "; noise_mismatch='warn' runs it anyway")
-        warnings.warn(message, InputMismatchWarning, stacklevel=2)
+    return expected
 
 
 def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHOLD):
@@ -431,7 +382,7 @@ def run_inference(
         extension=extension,
     )
     posterior = folder.load_posterior(device=device)
-    check_noise_levels(cutouts, x, training_noise_levels(posterior), spec.bands, noise_mismatch)
+    check_noise_levels(cutouts, x, _noise_range(folder), spec.bands, noise_mismatch)
     pvalues = ood_pvalues(folder, posterior, x, ood_threshold)
     _warn_out_of_distribution(cutouts, pvalues, ood_threshold)
     with claim_output_folder(out, "inference"):

@@ -196,6 +196,14 @@ class ModelFolder:
             raise ValueError(f"{self.info_path}: expected a JSON object")
         return raw
 
+    def noise_range(self):
+        """The training images' pixel-noise range (``model.json`` → ``noise_range``, a
+        :class:`~sbi_lens.noise_check.NoiseRange`), or None for a model without one."""
+        from sbi_lens.noise_check import NoiseRange
+
+        data = self.raw_info().get("noise_range")
+        return None if data is None else NoiseRange.from_dict(data)
+
     @property
     def status(self) -> str | None:
         """``training`` (an unfinished run), ``trained``, or None without model.json."""

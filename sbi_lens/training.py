@@ -460,8 +460,18 @@ def _fit_ood_reference(run: _Run) -> dict:
     return record
 
 
+def _noise_record(run: _Run) -> dict:
+    """The validation images' pixel-noise range, which ``infer`` checks cutouts against
+    (:mod:`sbi_lens.noise_check`); empty without validation images."""
+    from sbi_lens.noise_check import fit_noise_range
+
+    noise = fit_noise_range(run.store, run.val_chunks)
+    return {} if noise is None else {"noise_range": noise.to_dict()}
+
+
 def _finish(run: _Run, state: TrainState) -> TrainResult:
-    """Fit the OOD reference, mark the model trained in ``model.json``, draw the curve."""
+    """Fit the OOD reference and the noise range, mark the model trained in
+    ``model.json``, draw the curve."""
     ood = _fit_ood_reference(run)
     run.folder.write_info(
         run.store,
@@ -474,6 +484,7 @@ def _finish(run: _Run, state: TrainState) -> TrainResult:
             "num_val_chunks": int(len(run.val_chunks)),
             **_chunk_record(run),
             **ood,
+            **_noise_record(run),
         },
     )
     if state.history:
