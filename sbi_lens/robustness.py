@@ -65,6 +65,19 @@ class Scale:
     factor: float
 
 
+def _colour_scatter(factor: float) -> dict:
+    """Overrides that scale both parts of the lens colour scatter (the tilt and the
+    per-band offsets); a per-lens range replaces the fixed value when it is set, so
+    both are scaled."""
+    names = (
+        "lens_colour_scatter",
+        "lens_colour_scatter_range",
+        "lens_band_scatter",
+        "lens_band_scatter_range",
+    )
+    return {"population": {name: Scale(factor) for name in names}}
+
+
 DEFAULT_SHIFTS: tuple[Shift, ...] = (
     Shift(
         "psf_fwhm_+10%",
@@ -83,17 +96,14 @@ DEFAULT_SHIFTS: tuple[Shift, ...] = (
     ),
     Shift("noise_+10%", "noise rms 10 % higher", {"survey": {"noise_scale": Scale(1.1)}}),
     Shift(
+        "colour_scatter_x1.3",
+        "lens colour scatter at fixed σ_v ×1.3 (g − r rms at the measured range's top)",
+        _colour_scatter(1.3),
+    ),
+    Shift(
         "colour_scatter_x2",
         "lens colour scatter at fixed σ_v ×2 (tilt and per-band parts)",
-        # The per-lens range replaces the fixed scatter when it is set: scale both.
-        {
-            "population": {
-                "lens_colour_scatter": Scale(2.0),
-                "lens_colour_scatter_range": Scale(2.0),
-                "lens_band_scatter": Scale(2.0),
-                "lens_band_scatter_range": Scale(2.0),
-            }
-        },
+        _colour_scatter(2.0),
     ),
     Shift(
         "slope_width_x2", "mass-slope γ′ spread ×2", {"population": {"lens_slope_std": Scale(2.0)}}
