@@ -42,6 +42,7 @@ __all__ = [
     "ood_features",
     "fit_reference",
     "fit_references",
+    "chunk_features",
     "read_lenses",
 ]
 
@@ -339,13 +340,24 @@ def fit_reference(
         The reference, or None when the chunks hold too few lenses (< 2 reference,
         < 1 null).
     """
-    reference = read_lenses(store, reference_chunks, num_reference)
-    null = read_lenses(store, null_chunks, num_null)
+    reference = chunk_features(embedding_net, store, reference_chunks, num_reference)
+    null = chunk_features(embedding_net, store, null_chunks, num_null)
     if len(reference) < 2 or len(null) < 1:
         return None
-    return OODReference.fit(
-        ood_features(embedding_net, reference), ood_features(embedding_net, null)
-    )
+    return OODReference.fit(reference, null)
+
+
+def chunk_features(embedding_net: torch.nn.Module, store, chunks, limit: int) -> Tensor:
+    """:func:`ood_features` of the first ``limit`` lenses of ``chunks``, one chunk in
+    memory at a time (the end of training stays within the streaming memory bound)."""
+    parts, total = [], 0
+    for k in chunks:
+        if total >= limit:
+            break
+        images = store.read_chunk(int(k))[1][: limit - total]
+        parts.append(ood_features(embedding_net, images))
+        total += len(images)
+    return torch.cat(parts) if parts else torch.empty(0, 0, dtype=torch.float64)
 
 
 def fit_references(
