@@ -124,14 +124,10 @@ class NoiseRange:
 def fit_noise_range(store, chunks, limit: int = 2048) -> NoiseRange | None:
     """:class:`NoiseRange` of up to ``limit`` images of ``chunks`` of a store, one chunk
     in memory at a time (None if the chunks hold none)."""
-    sigma, total = [], 0
-    for k in chunks:
-        if total >= limit:
-            break
-        images = store.read_chunk(int(k))[1][: limit - total]
-        sigma.append(pixel_noise(images))
-        total += len(images)
-    return NoiseRange.from_sigma(np.concatenate(sigma)) if total else None
+    from sbi_lens.ood import iter_lens_images
+
+    sigma = [pixel_noise(x) for x in iter_lens_images(store, chunks, limit)]
+    return NoiseRange.from_sigma(np.concatenate(sigma)) if sigma else None
 
 
 def check_noise_levels(

@@ -43,6 +43,7 @@ __all__ = [
     "fit_reference",
     "fit_references",
     "chunk_features",
+    "iter_lens_images",
     "read_lenses",
 ]
 
@@ -306,14 +307,21 @@ class OODReference:
         )
 
 
-def read_lenses(store, chunks, limit: int) -> np.ndarray:
-    """Images of the first ``limit`` lenses of ``chunks``, read chunk by chunk."""
-    parts, total = [], 0
+def iter_lens_images(store, chunks, limit: int):
+    """The images of the first ``limit`` lenses of ``chunks``, one chunk at a time:
+    (n, bands, H, W) arrays, the last one cut to the limit."""
+    total = 0
     for k in chunks:
         if total >= limit:
-            break
-        parts.append(store.read_chunk(int(k))[1][: limit - total])
-        total += len(parts[-1])
+            return
+        images = store.read_chunk(int(k))[1][: limit - total]
+        total += len(images)
+        yield images
+
+
+def read_lenses(store, chunks, limit: int) -> np.ndarray:
+    """Images of the first ``limit`` lenses of ``chunks``, read chunk by chunk."""
+    parts = list(iter_lens_images(store, chunks, limit))
     return np.concatenate(parts) if parts else np.empty((0, 0))
 
 
@@ -350,13 +358,7 @@ def fit_reference(
 def chunk_features(embedding_net: torch.nn.Module, store, chunks, limit: int) -> Tensor:
     """:func:`ood_features` of the first ``limit`` lenses of ``chunks``, one chunk in
     memory at a time (the end of training stays within the streaming memory bound)."""
-    parts, total = [], 0
-    for k in chunks:
-        if total >= limit:
-            break
-        images = store.read_chunk(int(k))[1][: limit - total]
-        parts.append(ood_features(embedding_net, images))
-        total += len(images)
+    parts = [ood_features(embedding_net, x) for x in iter_lens_images(store, chunks, limit)]
     return torch.cat(parts) if parts else torch.empty(0, 0, dtype=torch.float64)
 
 
