@@ -2,9 +2,8 @@
 
 On held-out lenses of the model's own simulation (a store it was not trained on), the
 fraction of cutouts with p < 0.05 (and < 0.01) of the combined p-value ``ood_pvalue``
-that ``infer`` reports, and of each check's own p-value (``embedding``, ``arc``; a
-model without an arc check has ``arc`` null and the combined p-value is the
-embedding's), for:
+that ``infer`` reports, and of each check's own p-value (``embedding``, ``arc``,
+``noise``, ``registration``; null for a check the model lacks), for:
 
 * ``clean``: the store's cutouts as they are (false alarms; 5 % / 1 % expected);
 * ``saturated_star``: a star 10⁴ × the band's background rms added off-centre;
@@ -18,10 +17,10 @@ the training images' range (:func:`sbi_lens.noise_check.check_noise_levels`; nul
 model without a recorded range), and ``caught``: the fraction refused or flagged at
 p < 0.05, what a user of ``infer`` is told.
 
-``--refit TRAIN_STORE`` fits both checks again in memory, as the end of training
+``--refit TRAIN_STORE`` fits the checks again in memory, as the end of training
 does (:func:`sbi_lens.ood.fit_references`, from the training and validation chunks
 ``model.json`` records), instead of reading ``ood_reference.pt``: a model trained
-before the arc check is measured with it, and nothing is written.
+before the arc or pixel checks is measured with them, and nothing is written.
 
 Prints one JSON line. Usage:
 ``python benchmarks/ood.py MODEL STORE [--num 2000] [--seed 0] [--refit TRAIN_STORE]``.
@@ -65,7 +64,7 @@ def _rates(p: np.ndarray) -> dict:
 
 
 def _refit(folder, net, train_store: str):
-    """(OODReference, ArcReference, seconds) fitted as training's end fits them."""
+    """(OODChecks, seconds) fitted as training's end fits them."""
     from sbi_lens.ood import fit_references
     from sbi_lens.store import SimulationStore
 
@@ -78,8 +77,8 @@ def _refit(folder, net, train_store: str):
     chunks = (info["train_chunks"], info["validation_chunks"])
     size = folder.info.train.arc_check
     options = {"num_train": size.lenses, "epochs": size.epochs}
-    reference, arc = fit_references(net, store, *chunks, seed=seed, arc_options=options)
-    return reference, arc, round(time.perf_counter() - start, 1)
+    checks = fit_references(net, store, *chunks, seed=seed, arc_options=options)
+    return checks, round(time.perf_counter() - start, 1)
 
 
 def main() -> None:
@@ -93,17 +92,15 @@ def main() -> None:
 
     from sbi_lens.arc_render import render_without_source, store_population
     from sbi_lens.model_folder import ModelFolder
-    from sbi_lens.ood import CutoutPvalues, ood_features
     from sbi_lens.simulator import LensSimulator
     from sbi_lens.store import SimulationStore
 
     start = time.perf_counter()
     folder = ModelFolder(args.model)
     net, expected = folder.load_estimator().embedding_net, folder.noise_range()
-    reference, arc = folder.load_ood_reference(), folder.load_arc_reference()
-    refit_seconds = None
+    checks, refit_seconds = folder.load_ood_checks(), None
     if args.refit is not None:
-        reference, arc, refit_seconds = _refit(folder, net, args.refit)
+        checks, refit_seconds = _refit(folder, net, args.refit)
     store = SimulationStore.open(args.store)
     theta, x = store.load(limit=args.num)
     simulator = LensSimulator(store.config)
@@ -121,11 +118,11 @@ def main() -> None:
     }
     rates = {}
     for name, images in cases.items():
-        embedding = np.asarray(reference.pvalues(ood_features(net, images)))
-        pvalues = CutoutPvalues(embedding, None if arc is None else arc.pvalues(images))
+        pvalues = checks.pvalues(net, images)
         rates[name] = _rates(pvalues.combined)
-        rates[name]["embedding"] = _rates(embedding)
-        rates[name]["arc"] = None if arc is None else _rates(pvalues.arc)
+        for check in ("embedding", "arc", "noise", "registration"):
+            p = getattr(pvalues, check)
+            rates[name][check] = None if p is None else _rates(p)
         flagged = pvalues.combined < 0.05
         if expected is None:
             rates[name]["noise_guard"] = None

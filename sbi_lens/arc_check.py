@@ -286,10 +286,9 @@ class ArcReference:
     def pvalues(self, x) -> np.ndarray:
         """(N,) p-values that each (bands, H, W) cutout holds a lensed source like the
         training lenses' (small: no arc seen)."""
-        scores = self.classifier.logits(x).numpy()
-        null = self.null_scores.numpy()
-        at_least = len(null) - np.searchsorted(null, scores, side="left")
-        return (1.0 + at_least) / (1.0 + len(null))
+        from sbi_lens.pixel_checks import conformal_pvalues
+
+        return conformal_pvalues(self.null_scores.numpy(), self.classifier.logits(x).numpy())
 
     def store_test(self, x) -> tuple[float, float]:
         """Whole-sample test: do these cutouts look less like "arc" than held-out lenses?
@@ -302,11 +301,12 @@ class ArcReference:
         """
         from scipy.stats import mannwhitneyu
 
+        from sbi_lens.pixel_checks import conformal_pvalues
+
         scores = self.classifier.logits(x).numpy()
         null = self.null_scores.numpy()
         pvalue = mannwhitneyu(scores, null, alternative="greater").pvalue
-        at_least = len(null) - np.searchsorted(null, scores, side="left")
-        fraction = float(np.mean((1.0 + at_least) / (1.0 + len(null)) < 0.05))
+        fraction = float(np.mean(conformal_pvalues(null, scores) < 0.05))
         return float(pvalue), fraction
 
     def to_dict(self) -> dict:

@@ -9,9 +9,11 @@ the central 68 % (16-84 %) and 95 % (2.5-97.5 %) intervals is printed per lens.
 
 Each lens also gets ``ood_pvalue``, the p-value that its cutout comes from the
 model's training distribution, combining ``embedding_pvalue`` (its embedding features
-are like the training images', :mod:`sbi_lens.ood`) and ``arc_pvalue`` (a lensed
-source is seen, :mod:`sbi_lens.arc_check`); a value below ``ood_threshold`` is
-warned about, naming the file and which check fired.
+are like the training images', :mod:`sbi_lens.ood`), ``arc_pvalue`` (a lensed
+source is seen, :mod:`sbi_lens.arc_check`), ``noise_pvalue`` (its pixel noise is like
+the training images') and ``registration_pvalue`` (its bands are aligned,
+:mod:`sbi_lens.pixel_checks`); a value below ``ood_threshold`` is warned about, naming
+the file and which check fired.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ __all__ = [
 #: Percentiles reported per parameter: median and the central 68 % and 95 % intervals.
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
 _KEYS = ("p2.5", "p16", "median", "p84", "p97.5")
+#: The out-of-distribution columns of the summary: the combined p-value, then each check's.
+_PVALUE_KEYS = (
+    "ood_pvalue",
+    "embedding_pvalue",
+    "arc_pvalue",
+    "noise_pvalue",
+    "registration_pvalue",
+)
 #: Default out-of-distribution p-value below which a cutout is warned about.
 OOD_THRESHOLD = 0.01
 _DECIMALS = {"z_lens": 3, "z_source": 3, "theta_E": 3, "sigma_v": 1}
@@ -70,12 +80,16 @@ class LensSummary:
         std: (4,) posterior standard deviations.
         files: Output files written for this lens.
         ood_pvalue: p-value that the cutout comes from the training distribution
-            (None: the model has no OOD reference); the Bonferroni combination of
-            the two below (:func:`sbi_lens.ood.combine_pvalues`).
+            (None: the model has no OOD reference); the weighted Bonferroni
+            combination of the four below (:func:`sbi_lens.ood.combine_pvalues`).
         embedding_pvalue: p-value that its embedding features are like the training
             images'.
         arc_pvalue: p-value that it holds a lensed source like the training lenses'
             (None: the model has no arc check).
+        noise_pvalue: p-value that its pixel noise is like the training images'
+            (None: the model has no pixel checks).
+        registration_pvalue: p-value that its bands are registered like the training
+            images' (None: no pixel checks, or one band).
     """
 
     cutout: Cutout
@@ -86,6 +100,8 @@ class LensSummary:
     ood_pvalue: float | None = None
     embedding_pvalue: float | None = None
     arc_pvalue: float | None = None
+    noise_pvalue: float | None = None
+    registration_pvalue: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready record: name, inputs, outputs and per-parameter statistics."""
@@ -103,13 +119,15 @@ class LensSummary:
             "ood_pvalue": self.ood_pvalue,
             "embedding_pvalue": self.embedding_pvalue,
             "arc_pvalue": self.arc_pvalue,
+            "noise_pvalue": self.noise_pvalue,
+            "registration_pvalue": self.registration_pvalue,
             "parameters": parameters,
         }
 
     def as_row(self) -> dict:
         """Flat ``summary.csv`` row: ``theta_E_median``, ``theta_E_p16``, ..."""
         row = {"name": self.cutout.name, "files": ";".join(str(p) for p in self.cutout.sources)}
-        for key in ("ood_pvalue", "embedding_pvalue", "arc_pvalue"):
+        for key in _PVALUE_KEYS:
             value = getattr(self, key)
             row[key] = "" if value is None else value
         for j, name in enumerate(PARAMETER_NAMES):
@@ -188,9 +206,11 @@ def format_table(summary: LensSummary) -> str:
         unit = PARAMETER_UNITS[name] or "-"
         lines.append("  {:<10}{:>10}{:>10}{:>10}{:>10}{:>10}  {}".format(name, *values, unit))
     if summary.ood_pvalue is not None:
-        parts = [f"embedding {summary.embedding_pvalue:.3g}"]
-        if summary.arc_pvalue is not None:
-            parts.append(f"arc {summary.arc_pvalue:.3g}")
+        parts = [
+            f"{key.removesuffix('_pvalue')} {getattr(summary, key):.3g}"
+            for key in _PVALUE_KEYS[1:]
+            if getattr(summary, key) is not None
+        ]
         lines.append(
             f"  out-of-distribution p-value: {summary.ood_pvalue:.3g} ({', '.join(parts)})"
         )
@@ -268,10 +288,8 @@ def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHO
         A :class:`~sbi_lens.ood.CutoutPvalues` (``arc`` None for a model without an arc
         check), or None (with one warning) for a model trained without an OOD reference.
     """
-    from sbi_lens.ood import CutoutPvalues, ood_features
-
-    reference = folder.load_ood_reference()
-    if reference is None:
+    checks = folder.load_ood_checks()
+    if checks is None:
         warnings.warn(
             f"{folder.path}: no ood_reference.pt (trained before sbi-lens had an "
             "out-of-distribution check); ood_pvalue is left empty; retrain to get it",
@@ -279,22 +297,17 @@ def ood_pvalues(folder, posterior, x: np.ndarray, threshold: float = OOD_THRESHO
             stacklevel=2,
         )
         return None
-    arc = folder.load_arc_reference()
-    smallest = reference.smallest_pvalue
-    if arc is not None:
-        smallest = min(1.0, 2.0 * min(smallest, arc.smallest_pvalue))
+    smallest = checks.smallest_pvalue
     if 0 < threshold <= smallest:
         warnings.warn(
-            f"{folder.path}: its OOD reference holds {len(reference.null_scores)} held-out "
-            f"lenses, so no p-value falls below {smallest:.3g} and "
+            f"{folder.path}: its OOD reference holds {len(checks.embedding.null_scores)} "
+            f"held-out lenses, so no p-value falls below {smallest:.3g} and "
             f"ood_threshold={threshold:g} never warns; raise it, or train with more "
             "validation lenses",
             InputMismatchWarning,
             stacklevel=2,
         )
-    embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
-    features = reference.pvalues(ood_features(embedding, x))
-    return CutoutPvalues(features, None if arc is None else arc.pvalues(x))
+    return checks.pvalues(getattr(posterior, "posterior_estimator", posterior).embedding_net, x)
 
 
 def _warn_out_of_distribution(cutouts: Sequence[Cutout], pvalues, threshold: float) -> None:
@@ -412,25 +425,27 @@ def _sample_and_write(
 ):
     """Sample the cutouts batch by batch; write each lens's files; return the summaries."""
     summaries = []
+    combined = None if pvalues is None else pvalues.combined
     for start in range(0, len(cutouts), batch_size):
         batch = sample_posterior(
             posterior, x[start : start + batch_size], num_samples, _batch_seed(seed, start)
         )
         for cutout, samples in zip(cutouts[start : start + batch_size], batch, strict=True):
             files = _write_lens(out, cutout, samples, corner)
-            ood = _lens_pvalues(pvalues, len(summaries))
+            ood = _lens_pvalues(pvalues, combined, len(summaries))
             summaries.append(LensSummary(cutout, *summarize_samples(samples), tuple(files), *ood))
             if echo is not None:
                 echo(format_table(summaries[-1]))
     return summaries
 
 
-def _lens_pvalues(pvalues, i: int) -> tuple[float | None, float | None, float | None]:
-    """(combined, embedding, arc) p-values of cutout ``i``; None where not computed."""
+def _lens_pvalues(pvalues, combined, i: int) -> tuple[float | None, ...]:
+    """Cutout ``i``'s p-values in the order of :data:`_PVALUE_KEYS`; None where not
+    computed (``combined``: the :attr:`~sbi_lens.ood.CutoutPvalues.combined` array)."""
     if pvalues is None:
-        return None, None, None
-    arc = None if pvalues.arc is None else float(pvalues.arc[i])
-    return float(pvalues.combined[i]), float(pvalues.embedding[i]), arc
+        return (None,) * len(_PVALUE_KEYS)
+    checks = (pvalues.embedding, pvalues.arc, pvalues.noise, pvalues.registration)
+    return (float(combined[i]), *(None if p is None else float(p[i]) for p in checks))
 
 
 def _check_arguments(

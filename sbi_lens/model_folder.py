@@ -262,32 +262,18 @@ class ModelFolder:
             raise ValueError(f"resume=True: {self.checkpoint_path} does not exist")
         return _load_tensors(self.checkpoint_path, device)
 
-    def save_ood_reference(self, reference, arc=None) -> None:
-        """Write ``ood_reference.pt`` from an :class:`~sbi_lens.ood.OODReference` and,
-        when given, an :class:`~sbi_lens.arc_check.ArcReference` (key ``arc``)."""
-        data = reference.to_dict()
-        if arc is not None:
-            data["arc"] = arc.to_dict()
-        _save_atomic(data, self.ood_path)
+    def save_ood_checks(self, checks) -> None:
+        """Write ``ood_reference.pt`` from an :class:`~sbi_lens.ood.OODChecks`."""
+        _save_atomic(checks.to_dict(), self.ood_path)
 
-    def load_ood_reference(self):
-        """The :class:`~sbi_lens.ood.OODReference`, or None for a model trained without one."""
-        from sbi_lens.ood import OODReference
+    def load_ood_checks(self):
+        """The :class:`~sbi_lens.ood.OODChecks`, or None for a model trained without an
+        out-of-distribution reference."""
+        from sbi_lens.ood import OODChecks
 
         if not self.ood_path.exists():
             return None
-        return OODReference.from_dict(_load_tensors(self.ood_path, "cpu"))
-
-    def load_arc_reference(self):
-        """The :class:`~sbi_lens.arc_check.ArcReference`, or None for a model trained
-        without an arc check (before sbi-lens had one, or on a store its simulator
-        cannot re-render)."""
-        from sbi_lens.arc_check import ArcReference
-
-        if not self.ood_path.exists():
-            return None
-        data = _load_tensors(self.ood_path, "cpu")
-        return ArcReference.from_dict(data["arc"]) if "arc" in data else None
+        return OODChecks.from_dict(_load_tensors(self.ood_path, "cpu"))
 
     # ---- history --------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:

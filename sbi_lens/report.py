@@ -23,6 +23,11 @@ __all__ = ["check_store_matches_model", "diagnose", "store_out_of_distribution"]
 
 #: Store-level OOD p-value below which diagnose warns.
 _STORE_OOD_WARNING = 0.01
+#: The pixel checks' store-level tests, and what a small p-value says.
+_PIXEL_TESTS = {
+    "noise_pvalue": "the pixel noise departs further from the noise model",
+    "registration_pvalue": "the bands fit each other better shifted by a pixel",
+}
 
 
 def check_store_matches_model(store: SimulationStore, info: ModelInfo) -> None:
@@ -122,8 +127,8 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
     from sbi_lens.inference import InputMismatchWarning
     from sbi_lens.ood import ood_features
 
-    reference = folder.load_ood_reference()
-    if reference is None:
+    checks = folder.load_ood_checks()
+    if checks is None:
         warnings.warn(
             f"{folder.path}: no ood_reference.pt (trained before sbi-lens had an "
             "out-of-distribution check); the report has none; retrain to get it",
@@ -132,10 +137,9 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
         )
         return None
     embedding = getattr(posterior, "posterior_estimator", posterior).embedding_net
-    result = reference.store_test(ood_features(embedding, x))
-    arc = folder.load_arc_reference()
-    if arc is not None:
-        arc_pvalue, arc_fraction = arc.store_test(x)
+    result = checks.embedding.store_test(ood_features(embedding, x))
+    if checks.arc is not None:
+        arc_pvalue, arc_fraction = checks.arc.store_test(x)
         result = replace(result, arc_pvalue=arc_pvalue, arc_fraction_below_005=arc_fraction)
         if arc_pvalue < _STORE_OOD_WARNING:
             warnings.warn(
@@ -145,6 +149,17 @@ def store_out_of_distribution(folder: ModelFolder, posterior, x, name):
                 InputMismatchWarning,
                 stacklevel=2,
             )
+    if checks.pixels is not None:
+        result = replace(result, **checks.pixels.store_test(x))
+        for key, what in _PIXEL_TESTS.items():
+            value = getattr(result, key)
+            if value is not None and value < _STORE_OOD_WARNING:
+                warnings.warn(
+                    f"{name}: {what} than in the model's training simulations "
+                    f"({key.replace('_', ' ')} {value:.3g})",
+                    InputMismatchWarning,
+                    stacklevel=2,
+                )
     if result.pvalue < _STORE_OOD_WARNING:
         warnings.warn(
             f"{name}: its lenses are unlike the model's training simulations "
@@ -209,6 +224,13 @@ def _ood_lines(ood) -> list[str]:
             f"{100 * ood.arc_fraction_below_005:.1f} % (about 5 % for a store like the "
             "training set)",
         ]
+    for key, what in (("noise_pvalue", "Noise level"), ("registration_pvalue", "Registration")):
+        value = getattr(ood, key)
+        if value is not None:
+            verdict = "no" if value < _STORE_OOD_WARNING else "yes"
+            lines.append(
+                f"- {what} like the training images', store-level p-value: {value:.3g} ({verdict})"
+            )
     return lines + [""]
 
 

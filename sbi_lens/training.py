@@ -432,7 +432,7 @@ def _fit_ood_reference(run: _Run) -> dict:
     best = run.folder.load_estimator(device=str(run.device))
     start = time.perf_counter()
     arc_check = run.config.arc_check
-    reference, arc = fit_references(
+    checks = fit_references(
         best.embedding_net,
         run.store,
         run.train_chunks,
@@ -440,15 +440,17 @@ def _fit_ood_reference(run: _Run) -> dict:
         seed=run.config.seed,
         arc_options={"num_train": arc_check.lenses, "epochs": arc_check.epochs},
     )
-    if reference is None:
+    if checks is None:
         return {}
-    run.folder.save_ood_reference(reference, arc)
+    run.folder.save_ood_checks(checks)
+    reference, arc = checks.embedding, checks.arc
     record = {
         "ood_reference": {
             "file": run.folder.ood_path.name,
             "num_reference": len(reference.reference),
             "num_null": len(reference.null_scores),
             "k": reference.k,
+            "pixel_checks": [] if checks.pixels is None else checks.pixels.checks,
         }
     }
     if arc is not None:

@@ -26,7 +26,7 @@ from sbi_lens.config import TrainConfig, load_config
 from sbi_lens.fits_writer import write_cutout
 from sbi_lens.inference import InputMismatchWarning, run_inference
 from sbi_lens.model_folder import ModelFolder
-from sbi_lens.ood import CutoutPvalues, combine_pvalues
+from sbi_lens.ood import CHECK_WEIGHTS, CutoutPvalues, check_levels, combine_pvalues
 from sbi_lens.parallel import run_simulation
 from sbi_lens.report import store_out_of_distribution
 from sbi_lens.simulator import LensSimulator
@@ -70,20 +70,47 @@ def test_colour_residuals_remove_a_lens_of_one_colour_and_keep_a_blue_ring():
     assert residual[0, 1].abs().max() < 1e-5
 
 
-def test_combined_pvalue_is_bonferroni_and_valid():
+def test_combined_pvalue_is_a_weighted_bonferroni_and_valid():
     rng = np.random.default_rng(0)
-    a, b = rng.uniform(size=(2, 200_000))
-    np.testing.assert_array_equal(combine_pvalues(a), a)  # no arc check: the embedding's
-    combined = combine_pvalues(a, b)
-    np.testing.assert_allclose(combined, np.minimum(1, 2 * np.minimum(a, b)))
-    # Valid for independent p-values (σ ≈ 0.0005) and for identical ones (P = α/2).
-    assert np.mean(combined < 0.05) <= 0.05 + 0.002
-    assert np.mean(combine_pvalues(a, a) < 0.05) == pytest.approx(0.025, abs=0.002)
-    p = CutoutPvalues(np.array([0.5, 0.001, 0.02]), np.array([0.001, 0.5, 0.001]))
-    assert [len(p.causes(i, 0.01)) for i in range(3)] == [1, 1, 1]
-    assert p.causes(0, 0.01)[0].startswith("no lensed source detected")
-    assert p.causes(1, 0.01)[0].startswith("unlike the training images")
-    assert p.causes(2, 0.05)[1].startswith("unlike the training images")  # 0.02 < 0.025
+    a, b, c, d = rng.uniform(size=(4, 200_000))
+    np.testing.assert_array_equal(combine_pvalues(a), a)  # the embedding test alone
+    w = CHECK_WEIGHTS
+    two = combine_pvalues(a, b)  # no pixel checks: the two shares renormalised
+    total = w["embedding"] + w["arc"]
+    np.testing.assert_allclose(
+        two, np.minimum(1, np.minimum(a * total / w["embedding"], b * total / w["arc"]))
+    )
+    four = combine_pvalues(a, b, noise=c, registration=d)
+    expected = np.min([a / w["embedding"], b / w["arc"], c / w["noise"], d / w["registration"]], 0)
+    np.testing.assert_allclose(four, np.minimum(1, expected))
+    assert sum(w.values()) == pytest.approx(1.0)
+    # Valid for independent p-values (σ ≈ 0.0005), and for identical ones, where only
+    # the largest share counts: P = α · max(w).
+    assert np.mean(four < 0.05) <= 0.05 + 0.002
+    same = combine_pvalues(a, a, noise=a, registration=a)
+    assert np.mean(same < 0.05) == pytest.approx(0.05 * max(w.values()), abs=0.002)
+    assert check_levels(0.05, ["embedding", "arc"])["arc"] == pytest.approx(0.05 * w["arc"] / total)
+
+
+def test_causes_name_each_check_below_its_share():
+    p = CutoutPvalues(
+        embedding=np.array([0.5, 0.001, 0.5, 0.5]),
+        arc=np.array([0.001, 0.5, 0.5, 0.5]),
+        noise=np.array([0.5, 0.5, 0.0001, 0.5]),
+        registration=np.array([0.5, 0.5, 0.5, 0.0001]),
+    )
+    starts = [
+        "no lensed source",
+        "unlike the training images",
+        "pixel noise",
+        "bands misregistered",
+    ]
+    for i, start in enumerate(starts):
+        (cause,) = p.causes(i, 0.05)
+        assert cause.startswith(start)
+    # The noise check's share of 0.05 is 0.0025: 0.004 is below 0.05 but not flagged by it.
+    quiet = CutoutPvalues(np.array([0.5]), np.array([0.5]), np.array([0.004]), np.array([0.5]))
+    assert quiet.causes(0, 0.05) == [] and quiet.combined[0] > 0.05
 
 
 # ----------------------------------------------------------------------- stores and a model
@@ -150,7 +177,8 @@ def test_training_writes_the_arc_check(stores):
     # 8 chunks of 64: 6 train the classifier (384 pairs), 2 are the null set.
     assert info["arc_check"]["num_train"] == 384 and info["arc_check"]["num_null"] == 128
     assert info["ood_reference"]["num_null"] == 128
-    assert ModelFolder(model).load_arc_reference() is not None
+    assert info["ood_reference"]["pixel_checks"] == ["noise", "registration"]
+    assert ModelFolder(model).load_ood_checks().arc is not None
 
 
 def test_the_arc_check_size_is_a_training_setting(stores, tmp_path):
@@ -167,7 +195,7 @@ def test_the_arc_check_size_is_a_training_setting(stores, tmp_path):
 
 def test_the_check_separates_lenses_from_their_no_source_renders(stores, held_pairs):
     _, _, model, _ = stores
-    arc = ModelFolder(model).load_arc_reference()
+    arc = ModelFolder(model).load_ood_checks().arc
     with_arc, without_arc = held_pairs
     # Measured: 2.0 % of the 256 held-out lenses and 94.5 % of their no-source renders at
     # p < 0.05 (chance: 5 %); the bound leaves room for another platform's round-off.
@@ -177,7 +205,7 @@ def test_the_check_separates_lenses_from_their_no_source_renders(stores, held_pa
 
 def test_pvalues_are_conformal_on_fresh_held_out_simulations(stores, held_pairs):
     _, _, model, _ = stores
-    arc = ModelFolder(model).load_arc_reference()
+    arc = ModelFolder(model).load_ood_checks().arc
     p = arc.pvalues(held_pairs[0])
     # 5 % expected; σ = √(0.05·0.95·(1/256 + 1/128)) ≈ 2.4 %: three σ above.
     assert np.mean(p < 0.05) <= 0.05 + 3 * 0.024
@@ -186,7 +214,7 @@ def test_pvalues_are_conformal_on_fresh_held_out_simulations(stores, held_pairs)
 
 def test_the_reference_round_trips_through_the_model_folder(stores, held_pairs, tmp_path):
     _, _, model, _ = stores
-    arc = ModelFolder(model).load_arc_reference()
+    arc = ModelFolder(model).load_ood_checks().arc
     again = ArcReference.from_dict(arc.to_dict())
     np.testing.assert_array_equal(again.pvalues(held_pairs[1]), arc.pvalues(held_pairs[1]))
 
@@ -207,7 +235,7 @@ def _cutouts(held_pairs, arc, directory):
 def test_infer_reports_both_pvalues_and_names_the_cause(stores, held_pairs, tmp_path):
     _, _, model, _ = stores
     folder = ModelFolder(model)
-    files, _ = _cutouts(held_pairs, folder.load_arc_reference(), tmp_path)
+    files, _ = _cutouts(held_pairs, folder.load_ood_checks().arc, tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summaries = run_inference(
@@ -215,7 +243,12 @@ def test_infer_reports_both_pvalues_and_names_the_cause(stores, held_pairs, tmp_
             ood_threshold=0.05, noise_mismatch="warn",
         )  # fmt: skip
     for s in summaries:
-        assert s.ood_pvalue == pytest.approx(min(1, 2 * min(s.embedding_pvalue, s.arc_pvalue)))
+        checks = (s.arc_pvalue, s.noise_pvalue, s.registration_pvalue)
+        assert s.ood_pvalue == pytest.approx(
+            combine_pvalues(
+                [s.embedding_pvalue], [checks[0]], noise=[checks[1]], registration=[checks[2]]
+            )[0]
+        )
     flagged = [str(w.message) for w in caught if "out-of-distribution p-value" in str(w.message)]
     assert any(m.startswith(str(files[1])) and "no lensed source detected" in m for m in flagged)
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
@@ -224,23 +257,27 @@ def test_infer_reports_both_pvalues_and_names_the_cause(stores, held_pairs, tmp_
     assert [float(r["embedding_pvalue"]) for r in rows] == [s.embedding_pvalue for s in summaries]
     lenses = json.loads((tmp_path / "out" / "summary.json").read_text())["lenses"]
     assert [lens["arc_pvalue"] for lens in lenses] == [s.arc_pvalue for s in summaries]
+    for key in ("noise_pvalue", "registration_pvalue"):
+        assert [float(r[key]) for r in rows] == [getattr(s, key) for s in summaries]
+        assert [lens[key] for lens in lenses] == [getattr(s, key) for s in summaries]
 
 
 def test_an_old_model_folder_without_the_arc_check_still_infers(stores, held_pairs, tmp_path):
-    """An ``ood_reference.pt`` as models before the arc check wrote it: no ``arc`` key."""
+    """An ``ood_reference.pt`` as models before the arc check wrote it: no ``arc`` key
+    (nor ``pixels``, which came later)."""
     _, _, model, _ = stores
     old = tmp_path / "old_model"
     shutil.copytree(model, old)
     data = torch.load(old / "ood_reference.pt", weights_only=True)
-    del data["arc"]
+    del data["arc"], data["pixels"]
     torch.save(data, old / "ood_reference.pt")
-    assert ModelFolder(old).load_arc_reference() is None
-    files, _ = _cutouts(held_pairs, ModelFolder(model).load_arc_reference(), tmp_path)
+    assert ModelFolder(old).load_ood_checks().arc is None
+    files, _ = _cutouts(held_pairs, ModelFolder(model).load_ood_checks().arc, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InputMismatchWarning)
         summaries = run_inference(old, files, tmp_path / "out", num_samples=20, corner=False,
                                   echo=None, noise_mismatch="warn")  # fmt: skip
-    assert all(s.arc_pvalue is None for s in summaries)
+    assert all(s.arc_pvalue is s.noise_pvalue is s.registration_pvalue is None for s in summaries)
     assert all(s.ood_pvalue == s.embedding_pvalue is not None for s in summaries)
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
         assert {r["arc_pvalue"] for r in csv.DictReader(handle)} == {""}
@@ -258,3 +295,9 @@ def test_store_check_reports_the_share_without_an_arc(stores, held_pairs):
         dark = store_out_of_distribution(folder, posterior, held_pairs[1], "dark")
     assert dark.arc_pvalue < 1e-6 and dark.arc_fraction_below_005 >= 0.5
     assert dark.as_dict()["arc_fraction_below_0.05"] == dark.arc_fraction_below_005
+    assert like.noise_pvalue > 0.01 and like.registration_pvalue > 0.01
+    shifted = held_pairs[0].copy()
+    shifted[:, -1] = np.roll(shifted[:, -1], 1, axis=-1)
+    with pytest.warns(InputMismatchWarning, match="fit each other better shifted"):
+        moved = store_out_of_distribution(folder, posterior, shifted, "moved")
+    assert moved.registration_pvalue < 1e-6 and moved.as_dict()["registration_pvalue"] < 1e-6

@@ -96,8 +96,8 @@ def test_the_shipped_ood_reference_is_float32_and_gives_the_same_pvalues(install
     noisy = x + 3 * x.std() * noise
     for images in (x, noisy):
         features = ood_features(net, images)
-        expected = original.load_ood_reference().pvalues(features)
-        got = ModelFolder(models / "tiny").load_ood_reference().pvalues(features)
+        expected = original.load_ood_checks().embedding.pvalues(features)
+        got = ModelFolder(models / "tiny").load_ood_checks().embedding.pvalues(features)
         assert (got == expected).all()
 
 
