@@ -161,13 +161,17 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _ours_builder(prior, bands: int, symmetry: str = "none"):
+def _ours_builder(
+    prior, bands: int, symmetry: str = "none", augment: bool = False, hidden_features=None
+):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
-    LensResNet's group pooling, ``none`` being its default)."""
+    LensResNet's group pooling, ``augment``: its in-network D4 augmentation,
+    ``hidden_features``: the flow's conditioner width; None: the defaults)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
-    embedding = LensResNet(in_bands=bands, symmetry=symmetry)
-    return spline_flow(prior=prior, embedding_net=embedding)
+    embedding = LensResNet(in_bands=bands, symmetry=symmetry, augment=augment)
+    width = {} if hidden_features is None else {"hidden_features": hidden_features}
+    return spline_flow(prior=prior, embedding_net=embedding, **width)
 
 
 class _NoTracker:
@@ -218,6 +222,8 @@ def fit_sbi(
     symmetry: str = "none",
     learning_rate: float | None = None,
     raw_images: bool = False,
+    augment: bool = False,
+    hidden_features: int | None = None,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -232,6 +238,8 @@ def fit_sbi(
         learning_rate: Adam's learning rate (None: sbi's default, 5e-4).
         raw_images: ``ours_sbi`` only: give it the images in flux units, its documented
             input (LensResNet scales them itself), instead of the stock models' asinh.
+        augment: ``ours_sbi`` only: LensResNet's in-network D4 augmentation.
+        hidden_features: ``ours_sbi`` only: the flow's conditioner width (None: default).
     """
     from sbi.inference import NPE
 
@@ -239,7 +247,9 @@ def fit_sbi(
     scale_x = _identity if raw_images else AsinhScaling.fit(x)
     prior = box_prior(bounds, device)
     if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
-        builder = _ours_builder(box_prior(bounds, "cpu"), x.shape[1], symmetry)
+        builder = _ours_builder(
+            box_prior(bounds, "cpu"), x.shape[1], symmetry, augment, hidden_features
+        )
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
     inference = NPE(
@@ -405,6 +415,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ours_sbi: flux-unit images (LensResNet's own scaling) instead of asinh",
     )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="ours_sbi: LensResNet(augment=True), random rotations and flips in training",
+    )
+    parser.add_argument(
+        "--hidden-features",
+        type=int,
+        default=None,
+        help="ours_sbi: the flow's conditioner width (default: spline_flow's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -441,6 +462,8 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
+    if (args.augment or args.hidden_features) and args.model != "ours_sbi":
+        raise ValueError("--augment and --hidden-features: ours_sbi options")
     fitted = fit_sbi(
         args.model,
         theta,
@@ -452,18 +475,29 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         symmetry=args.symmetry,
         learning_rate=args.learning_rate,
         raw_images=args.raw_images,
+        augment=args.augment,
+        hidden_features=args.hidden_features,
     )
     return fitted, len(theta)
 
 
 def model_label(
-    model: str, symmetry: str = "none", learning_rate: float | None = None, raw: bool = False
+    model: str,
+    symmetry: str = "none",
+    learning_rate: float | None = None,
+    raw: bool = False,
+    augment: bool = False,
+    hidden_features: int | None = None,
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
-    e.g. ``ours_sbi[d4]``, ``ours_sbi[raw]`` or ``stock_resnet[lr=0.002]``."""
+    e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,aug]`` or ``stock_resnet[lr=0.002]``."""
     options = [symmetry] if symmetry != "none" else []
     if raw:
         options.append("raw")
+    if augment:
+        options.append("aug")
+    if hidden_features is not None:
+        options.append(f"h={hidden_features}")
     if learning_rate is not None:
         options.append(f"lr={learning_rate:g}")
     return f"{model}[{','.join(options)}]" if options else model
@@ -487,7 +521,14 @@ def run(args) -> dict:
     return {
         "benchmark": "converged",
         "config": SimulationStore.open(args.train_store).config.name,
-        "model": model_label(args.model, args.symmetry, args.learning_rate, args.raw_images),
+        "model": model_label(
+            args.model,
+            args.symmetry,
+            args.learning_rate,
+            args.raw_images,
+            args.augment,
+            args.hidden_features,
+        ),
         "seed": args.seed,
         "device": args.device,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -247,3 +247,30 @@ def test_symmetry_survives_the_model_folder_round_trip(tmp_path):
     folder.info_path.write_text(json.dumps(raw))
     assert folder.info.train.embedding.symmetry == "none"
     assert folder.load_estimator().embedding_net.symmetry == "none"
+
+
+def test_augment_shows_each_image_one_random_view_in_training_only():
+    """augment=True: in train mode each image is embedded as one of its eight D4 views
+    (the plain network's output on that view), all eight drawn over many calls; eval
+    mode is the plain network."""
+    torch.manual_seed(3)
+    plain = LensResNet(1, out_features=4, widths=(4,)).eval()
+    augmented = LensResNet(1, out_features=4, widths=(4,), augment=True)
+    augmented.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        views = torch.stack([plain(g(x))[0] for g in dihedral_transforms()])  # (8, 4)
+        assert torch.equal(augmented.eval()(x), plain(x))
+        augmented.train()
+        seen = set()
+        for _ in range(200):
+            out = augmented(x)[0]
+            match = (views - out).abs().amax(dim=1) < 1e-5
+            assert match.sum() >= 1  # one of the views (symmetric views may coincide)
+            seen.add(int(match.nonzero()[0]))
+    assert seen == set(range(8))
+
+
+def test_augment_keeps_the_shape_of_non_square_images():
+    net = LensResNet(2, out_features=3, widths=(4,), augment=True).train()
+    assert net(torch.randn(5, 2, 32, 40)).shape == (5, 3)

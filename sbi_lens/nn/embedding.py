@@ -42,6 +42,15 @@ def _group_views(x: Tensor, symmetry: str) -> list[Tensor]:
     return views
 
 
+def _random_view(x: Tensor) -> Tensor:
+    """Each image of ``x`` (B, C, H, W) in one of its D4 views, drawn uniformly (only
+    the views of the same shape for H ≠ W) from torch's global RNG."""
+    views = [v for v in _group_views(x, "d4") if v.shape == x.shape]
+    pick = torch.randint(len(views), (x.shape[0],), device=x.device)
+    stacked = torch.stack(views)  # (|views|, B, C, H, W)
+    return stacked[pick, torch.arange(x.shape[0], device=x.device)]
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
@@ -91,6 +100,12 @@ class LensResNet(nn.Module):
         min_size: Smallest accepted image side in pixels.
         symmetry: ``"none"`` (default), ``"d4"`` (exactly invariant to the 8 rotations
             and flips, at 8× the trunk's cost) or ``"c4"`` (to the 4 rotations, 4×).
+        augment: in training mode, pass each image through one random rotation or flip
+            of the square (uniform over the 8; over the 4 that keep H and W for
+            non-square images) before the trunk: data augmentation inside the
+            network, so that any loop that trains it (sbi's ``NPE.train`` included)
+            learns the lens parameters' invariance, as ``sbi-lens train`` does with its
+            own augmentation. Eval mode is unaffected. Draws from torch's global RNG.
     """
 
     def __init__(
@@ -102,6 +117,7 @@ class LensResNet(nn.Module):
         norm: str = "group",
         min_size: int = 32,
         symmetry: str = "none",
+        augment: bool = False,
     ) -> None:
         super().__init__()
         if symmetry not in SYMMETRIES:
@@ -116,6 +132,7 @@ class LensResNet(nn.Module):
         self.out_features = out_features
         self.min_size = min_size
         self.symmetry = symmetry
+        self.augment = bool(augment)
 
         self.register_buffer("offset", torch.zeros(in_bands))
         self.register_buffer("scale", torch.ones(in_bands))
@@ -211,6 +228,8 @@ class LensResNet(nn.Module):
         """
         self._check(x)
         z = self.scale_input(x)  # per-pixel, so it commutes with rotations and flips
+        if self.augment and self.training:
+            z = _random_view(z)
         pooled = self._pooled(z) if self.symmetry == "none" else self._group_pooled(z)
         return self.head(pooled)
 
