@@ -53,6 +53,7 @@ __all__ = [
     "log_q_in_phi",
     "main",
     "model_label",
+    "parse_options",
     "phi_to_theta",
     "seconds_to_near_best",
     "theta_to_phi",
@@ -162,14 +163,22 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def _ours_builder(
-    prior, bands: int, symmetry: str = "none", augment: bool = False, hidden_features=None
+    prior,
+    bands: int,
+    symmetry: str = "none",
+    augment: bool = False,
+    hidden_features=None,
+    embedding_options=None,
 ):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
     LensResNet's group pooling, ``augment``: its in-network D4 augmentation,
-    ``hidden_features``: the flow's conditioner width; None: the defaults)."""
+    ``hidden_features``: the flow's conditioner width, ``embedding_options``: more
+    LensResNet keyword arguments; None: the defaults)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
-    embedding = LensResNet(in_bands=bands, symmetry=symmetry, augment=augment)
+    embedding = LensResNet(
+        in_bands=bands, symmetry=symmetry, augment=augment, **(embedding_options or {})
+    )
     width = {} if hidden_features is None else {"hidden_features": hidden_features}
     return spline_flow(prior=prior, embedding_net=embedding, **width)
 
@@ -224,6 +233,7 @@ def fit_sbi(
     raw_images: bool = False,
     augment: bool = False,
     hidden_features: int | None = None,
+    embedding_options: dict | None = None,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -240,6 +250,7 @@ def fit_sbi(
             input (LensResNet scales them itself), instead of the stock models' asinh.
         augment: ``ours_sbi`` only: LensResNet's in-network D4 augmentation.
         hidden_features: ``ours_sbi`` only: the flow's conditioner width (None: default).
+        embedding_options: ``ours_sbi`` only: more ``LensResNet`` keyword arguments.
     """
     from sbi.inference import NPE
 
@@ -248,7 +259,12 @@ def fit_sbi(
     prior = box_prior(bounds, device)
     if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
         builder = _ours_builder(
-            box_prior(bounds, "cpu"), x.shape[1], symmetry, augment, hidden_features
+            box_prior(bounds, "cpu"),
+            x.shape[1],
+            symmetry,
+            augment,
+            hidden_features,
+            embedding_options,
         )
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
@@ -426,6 +442,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="ours_sbi: the flow's conditioner width (default: spline_flow's)",
     )
+    parser.add_argument(
+        "--embedding-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ours_sbi: a LensResNet keyword argument, e.g. norm=none (repeatable)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -462,8 +485,10 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
-    if (args.augment or args.hidden_features) and args.model != "ours_sbi":
-        raise ValueError("--augment and --hidden-features: ours_sbi options")
+    if (args.augment or args.hidden_features or args.embedding_option) and (
+        args.model != "ours_sbi"
+    ):
+        raise ValueError("--augment, --hidden-features and --embedding-option: ours_sbi options")
     fitted = fit_sbi(
         args.model,
         theta,
@@ -477,8 +502,26 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         raw_images=args.raw_images,
         augment=args.augment,
         hidden_features=args.hidden_features,
+        embedding_options=parse_options(args.embedding_option),
     )
     return fitted, len(theta)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["norm=none", "widths=[32, 64]"]`` → keyword arguments (values as Python
+    literals where they parse, else strings)."""
+    import ast
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--embedding-option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def model_label(
@@ -488,6 +531,7 @@ def model_label(
     raw: bool = False,
     augment: bool = False,
     hidden_features: int | None = None,
+    embedding_options: list[str] = (),
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
     e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,aug]`` or ``stock_resnet[lr=0.002]``."""
@@ -498,6 +542,7 @@ def model_label(
         options.append("aug")
     if hidden_features is not None:
         options.append(f"h={hidden_features}")
+    options.extend(o.replace(" ", "") for o in embedding_options)
     if learning_rate is not None:
         options.append(f"lr={learning_rate:g}")
     return f"{model}[{','.join(options)}]" if options else model
@@ -528,6 +573,7 @@ def run(args) -> dict:
             args.raw_images,
             args.augment,
             args.hidden_features,
+            args.embedding_option,
         ),
         "seed": args.seed,
         "device": args.device,

@@ -56,7 +56,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    raise ValueError(f"norm must be 'group' or 'batch', got {kind!r}.")
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'group', 'batch' or 'none', got {kind!r}.")
 
 
 class _BasicBlock(nn.Module):
@@ -95,8 +97,8 @@ class LensResNet(nn.Module):
         out_features: Length of the embedding vector.
         widths: Channels per stage.
         blocks_per_stage: Residual blocks per stage.
-        norm: ``"group"`` (default; batch-size independent, same in train and eval)
-            or ``"batch"``.
+        norm: ``"group"`` (default; batch-size independent, same in train and eval),
+            ``"batch"`` or ``"none"``.
         min_size: Smallest accepted image side in pixels.
         symmetry: ``"none"`` (default), ``"d4"`` (exactly invariant to the 8 rotations
             and flips, at 8× the trunk's cost) or ``"c4"`` (to the 4 rotations, 4×).
