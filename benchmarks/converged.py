@@ -287,16 +287,25 @@ def fit_sbi(
 
 
 def fit_ours_train(
-    train_store: str, work: Path, device: str, seed: int, epochs: int, patience: int
+    train_store: str,
+    work: Path,
+    device: str,
+    seed: int,
+    epochs: int,
+    patience: int,
+    embedding_options: dict | None = None,
 ) -> Fitted:
-    """Train with ``sbi_lens.training.train`` (the ``sbi-lens train`` path) into ``work``."""
+    """Train with ``sbi_lens.training.train`` (the ``sbi-lens train`` path) into ``work``
+    (``embedding_options``: ``TrainConfig.embedding`` settings; None: the defaults)."""
     from sbi_lens.config import TrainConfig
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.priors import LensPrior
     from sbi_lens.store import SimulationStore
     from sbi_lens.training import train
 
-    config = TrainConfig(epochs=epochs, patience=patience, seed=seed)
+    config = TrainConfig(
+        epochs=epochs, patience=patience, seed=seed, embedding=embedding_options or {}
+    )
     work.mkdir(parents=True, exist_ok=True)  # a fresh folder per run: pairs share --work
     model_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"ours_train_seed{seed}_"))
     tick = time.perf_counter()
@@ -447,7 +456,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="ours_sbi: a LensResNet keyword argument, e.g. norm=none (repeatable)",
+        help="ours_sbi, ours_train: a LensResNet keyword argument, e.g. norm=batch (repeatable)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
@@ -469,6 +478,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
     from sbi_lens.priors import LensPrior
     from sbi_lens.store import SimulationStore
 
+    _check_options(args)
     if args.model == "ours_train":
         if args.num_train is not None:
             raise ValueError(
@@ -476,19 +486,17 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
                 "simulate a smaller store instead"
             )
         fitted = fit_ours_train(
-            args.train_store, work, args.device, args.seed, args.train_epochs, args.patience
+            args.train_store,
+            work,
+            args.device,
+            args.seed,
+            args.train_epochs,
+            args.patience,
+            parse_options(args.embedding_option),
         )
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
     bounds = LensPrior(store.config.prior).support.bounds
-    if args.symmetry != "none" and args.model != "ours_sbi":
-        raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
-    if args.raw_images and args.model != "ours_sbi":
-        raise ValueError("--raw-images: only ours_sbi scales its images itself")
-    if (args.augment or args.hidden_features or args.embedding_option) and (
-        args.model != "ours_sbi"
-    ):
-        raise ValueError("--augment, --hidden-features and --embedding-option: ours_sbi options")
     fitted = fit_sbi(
         args.model,
         theta,
@@ -505,6 +513,19 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         embedding_options=parse_options(args.embedding_option),
     )
     return fitted, len(theta)
+
+
+def _check_options(args) -> None:
+    """Refuse a variant option the asked model does not have (one line)."""
+    ours = args.model in ("ours_sbi", "ours_train")
+    if args.symmetry != "none" and args.model != "ours_sbi":
+        raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
+    if args.raw_images and args.model != "ours_sbi":
+        raise ValueError("--raw-images: only ours_sbi scales its images itself")
+    if (args.augment or args.hidden_features) and args.model != "ours_sbi":
+        raise ValueError("--augment and --hidden-features: ours_sbi options")
+    if args.embedding_option and not ours:
+        raise ValueError("--embedding-option: only ours_sbi and ours_train have a LensResNet")
 
 
 def parse_options(pairs: list[str]) -> dict:

@@ -101,6 +101,16 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
         converged.main([str(train), str(test), "--model", "stock_cnn", "--raw-images"])
     with pytest.raises(ValueError, match="ours_sbi options"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--augment"])
+    with pytest.raises(ValueError, match="only ours_sbi and ours_train"):
+        converged.main(
+            [str(train), str(test), "--model", "stock_cnn", "--embedding-option", "norm=batch"]
+        )
+    assert converged.parse_options(["norm=batch", "widths=[8, 16]"]) == {
+        "norm": "batch",
+        "widths": [8, 16],
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        converged.parse_options(["norm"])
 
 
 @pytest.mark.gpu
