@@ -24,6 +24,17 @@ chunk_size: 8
 """
 
 
+#: A three-band (g, r, i) 32×32 simulation of 64-lens chunks: the OOD checks' tests.
+TINY_GRI_SIMULATION = """
+name: tiny_gri
+prior:
+  sigma_v: {kind: uniform, low: 180.0, high: 300.0}
+  theta_E_window: [0.5, 2.0]
+survey: {name: LSST, bands: [g, r, i], num_pixels: 32, pixel_scale: 0.2, supersampling: 1}
+chunk_size: 64
+"""
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     """The path of a YAML file holding :data:`TINY_SIMULATION`."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import TINY_GRI_SIMULATION
 
 from sbi_lens.arc_check import ArcReference, colour_residuals
 from sbi_lens.arc_render import (
@@ -32,14 +33,7 @@ from sbi_lens.report import store_out_of_distribution
 from sbi_lens.simulator import LensSimulator
 from sbi_lens.training import train
 
-SIMULATION = """
-name: tiny_gri
-prior:
-  sigma_v: {kind: uniform, low: 180.0, high: 300.0}
-  theta_E_window: [0.5, 2.0]
-survey: {name: LSST, bands: [g, r, i], num_pixels: 32, pixel_scale: 0.2, supersampling: 1}
-chunk_size: 64
-"""
+SIMULATION = TINY_GRI_SIMULATION
 TINY = TrainConfig(
     epochs=1,
     batch_size=64,

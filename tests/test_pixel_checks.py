@@ -9,6 +9,7 @@ three-band 32×32 lenstronomy store of 384 lenses (about 10 s).
 
 import numpy as np
 import pytest
+from conftest import TINY_GRI_SIMULATION
 
 from sbi_lens.arc_render import store_population
 from sbi_lens.config import load_config
@@ -23,14 +24,7 @@ from sbi_lens.pixel_checks import (
 )
 from sbi_lens.simulator import LensSimulator
 
-SIMULATION = """
-name: tiny_gri
-prior:
-  sigma_v: {kind: uniform, low: 180.0, high: 300.0}
-  theta_E_window: [0.5, 2.0]
-survey: {name: LSST, bands: [g, r, i], num_pixels: 32, pixel_scale: 0.2, supersampling: 1}
-chunk_size: 64
-"""
+SIMULATION = TINY_GRI_SIMULATION
 NULL = 192  # the first three chunks calibrate, the last three are tested
 
 
