@@ -166,19 +166,15 @@ def _ours_builder(
     prior,
     bands: int,
     symmetry: str = "none",
-    augment: bool = False,
     hidden_features=None,
     embedding_options=None,
 ):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
-    LensResNet's group pooling, ``augment``: its in-network D4 augmentation,
-    ``hidden_features``: the flow's conditioner width, ``embedding_options``: more
-    LensResNet keyword arguments; None: the defaults)."""
+    LensResNet's group pooling, ``hidden_features``: the flow's conditioner width,
+    ``embedding_options``: more LensResNet keyword arguments; None: the defaults)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
-    embedding = LensResNet(
-        in_bands=bands, symmetry=symmetry, augment=augment, **(embedding_options or {})
-    )
+    embedding = LensResNet(in_bands=bands, symmetry=symmetry, **(embedding_options or {}))
     width = {} if hidden_features is None else {"hidden_features": hidden_features}
     return spline_flow(prior=prior, embedding_net=embedding, **width)
 
@@ -231,7 +227,6 @@ def fit_sbi(
     symmetry: str = "none",
     learning_rate: float | None = None,
     raw_images: bool = False,
-    augment: bool = False,
     hidden_features: int | None = None,
     embedding_options: dict | None = None,
 ) -> Fitted:
@@ -248,7 +243,6 @@ def fit_sbi(
         learning_rate: Adam's learning rate (None: sbi's default, 5e-4).
         raw_images: ``ours_sbi`` only: give it the images in flux units, its documented
             input (LensResNet scales them itself), instead of the stock models' asinh.
-        augment: ``ours_sbi`` only: LensResNet's in-network D4 augmentation.
         hidden_features: ``ours_sbi`` only: the flow's conditioner width (None: default).
         embedding_options: ``ours_sbi`` only: more ``LensResNet`` keyword arguments.
     """
@@ -262,7 +256,6 @@ def fit_sbi(
             box_prior(bounds, "cpu"),
             x.shape[1],
             symmetry,
-            augment,
             hidden_features,
             embedding_options,
         )
@@ -441,11 +434,6 @@ def _parser() -> argparse.ArgumentParser:
         help="ours_sbi: flux-unit images (LensResNet's own scaling) instead of asinh",
     )
     parser.add_argument(
-        "--augment",
-        action="store_true",
-        help="ours_sbi: LensResNet(augment=True), random rotations and flips in training",
-    )
-    parser.add_argument(
         "--hidden-features",
         type=int,
         default=None,
@@ -508,7 +496,6 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         symmetry=args.symmetry,
         learning_rate=args.learning_rate,
         raw_images=args.raw_images,
-        augment=args.augment,
         hidden_features=args.hidden_features,
         embedding_options=parse_options(args.embedding_option),
     )
@@ -522,8 +509,8 @@ def _check_options(args) -> None:
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
-    if (args.augment or args.hidden_features) and args.model != "ours_sbi":
-        raise ValueError("--augment and --hidden-features: ours_sbi options")
+    if args.hidden_features and args.model != "ours_sbi":
+        raise ValueError("--hidden-features: an ours_sbi option")
     if args.embedding_option and not ours:
         raise ValueError("--embedding-option: only ours_sbi and ours_train have a LensResNet")
 
@@ -550,17 +537,14 @@ def model_label(
     symmetry: str = "none",
     learning_rate: float | None = None,
     raw: bool = False,
-    augment: bool = False,
     hidden_features: int | None = None,
     embedding_options: list[str] = (),
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
-    e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,aug]`` or ``stock_resnet[lr=0.002]``."""
+    e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,norm=group]`` or ``stock_resnet[lr=0.002]``."""
     options = [symmetry] if symmetry != "none" else []
     if raw:
         options.append("raw")
-    if augment:
-        options.append("aug")
     if hidden_features is not None:
         options.append(f"h={hidden_features}")
     options.extend(o.replace(" ", "") for o in embedding_options)
@@ -592,7 +576,6 @@ def run(args) -> dict:
             args.symmetry,
             args.learning_rate,
             args.raw_images,
-            args.augment,
             args.hidden_features,
             args.embedding_option,
         ),

@@ -29,6 +29,7 @@ def _embedding(train: TrainConfig, in_bands: int):
         blocks_per_stage=train.embedding.blocks_per_stage,
         norm=train.embedding.norm,
         symmetry=train.embedding.symmetry,
+        augment=False,  # the trainer augments the batches itself (seeded, switchable)
     )
 
 

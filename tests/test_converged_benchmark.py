@@ -92,15 +92,14 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["model"] == "ours_sbi[d4,raw,lr=0.002]" and math.isfinite(record["log_q_mean"])
     assert converged.model_label("stock_cnn") == "stock_cnn"
-    assert (
-        converged.model_label("ours_sbi", augment=True, hidden_features=64) == "ours_sbi[aug,h=64]"
-    )
+    label = converged.model_label("ours_sbi", hidden_features=64, embedding_options=["norm=group"])
+    assert label == "ours_sbi[h=64,norm=group]"
     with pytest.raises(ValueError, match="only ours_sbi"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--symmetry", "c4"])
     with pytest.raises(ValueError, match="only ours_sbi"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--raw-images"])
-    with pytest.raises(ValueError, match="ours_sbi options"):
-        converged.main([str(train), str(test), "--model", "stock_cnn", "--augment"])
+    with pytest.raises(ValueError, match="an ours_sbi option"):
+        converged.main([str(train), str(test), "--model", "stock_cnn", "--hidden-features", "64"])
     with pytest.raises(ValueError, match="only ours_sbi and ours_train"):
         converged.main(
             [str(train), str(test), "--model", "stock_cnn", "--embedding-option", "norm=batch"]

@@ -80,16 +80,21 @@ def test_scaled_input_copes_with_dynamic_range():
 def test_embedding_independent_of_flux_units():
     """Fitting on data in other units (x · c) gives the same embedding."""
     x = survey_like(n=8)
-    net = LensResNet(3, widths=(4, 8)).fit_scaling(x)
-    other = LensResNet(3, widths=(4, 8))
+    net = LensResNet(3, widths=(4, 8), augment=False).fit_scaling(x)
+    other = LensResNet(3, widths=(4, 8), augment=False)
     other.load_state_dict(net.state_dict())
     other.fit_scaling(1000.0 * x)
     assert torch.allclose(net(x), other(1000.0 * x), atol=1e-4)
 
 
+def test_defaults_are_batch_norm_and_in_network_augmentation():
+    net = LensResNet(1)
+    assert net.augment and isinstance(net.stem[1], torch.nn.BatchNorm2d)
+
+
 def test_group_norm_makes_embedding_batch_independent():
     x = survey_like(n=4)
-    net = LensResNet(3, widths=(4, 8)).fit_scaling(x)
+    net = LensResNet(3, widths=(4, 8), norm="group", augment=False).fit_scaling(x)
     assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-5)
     net.eval()
     assert torch.allclose(net(x)[:1], net(x[:1]), atol=1e-5)
@@ -162,6 +167,7 @@ def test_symmetry_none_is_the_network_as_before():
     none = LensResNet(2, out_features=5, widths=(4, 8), symmetry="none")
     state, other = default.state_dict(), none.state_dict()
     assert state.keys() == other.keys() and all(torch.equal(state[k], other[k]) for k in state)
+    default.eval(), none.eval()  # no random views
     x = torch.randn(4, 2, 32, 32)
     h = none.stages(none.stem(torch.asinh(x)))
     by_hand = none.head(torch.cat((h.mean(dim=(-2, -1)), h.amax(dim=(-2, -1))), dim=-1))
@@ -254,8 +260,8 @@ def test_augment_shows_each_image_one_random_view_in_training_only():
     (the plain network's output on that view), all eight drawn over many calls; eval
     mode is the plain network."""
     torch.manual_seed(3)
-    plain = LensResNet(1, out_features=4, widths=(4,)).eval()
-    augmented = LensResNet(1, out_features=4, widths=(4,), augment=True)
+    plain = LensResNet(1, out_features=4, widths=(4,), norm="group").eval()
+    augmented = LensResNet(1, out_features=4, widths=(4,), norm="group", augment=True)
     augmented.load_state_dict(plain.state_dict())
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():

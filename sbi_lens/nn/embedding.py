@@ -97,17 +97,22 @@ class LensResNet(nn.Module):
         out_features: Length of the embedding vector.
         widths: Channels per stage.
         blocks_per_stage: Residual blocks per stage.
-        norm: ``"group"`` (default; batch-size independent, same in train and eval),
-            ``"batch"`` or ``"none"``.
+        norm: ``"batch"`` (default), ``"group"`` (batch-size independent, the same
+            in train and eval) or ``"none"``. Batch norm generalises far better: on
+            2,000 one-band lenses, held-out log q 1.386 against 1.042 with group norm
+            in sbi's loop (both augmented), 1.501 against 1.191 with ``sbi-lens
+            train`` (docs/estimator.md). Like any batch norm it uses its running
+            statistics in eval mode, which sbi's posteriors and sbi-lens set.
         min_size: Smallest accepted image side in pixels.
         symmetry: ``"none"`` (default), ``"d4"`` (exactly invariant to the 8 rotations
             and flips, at 8× the trunk's cost) or ``"c4"`` (to the 4 rotations, 4×).
-        augment: in training mode, pass each image through one random rotation or flip
-            of the square (uniform over the 8; over the 4 that keep H and W for
-            non-square images) before the trunk: data augmentation inside the
-            network, so that any loop that trains it (sbi's ``NPE.train`` included)
-            learns the lens parameters' invariance, as ``sbi-lens train`` does with its
-            own augmentation. Eval mode is unaffected. Draws from torch's global RNG.
+        augment: in training mode (default on), pass each image through one random
+            rotation or flip of the square (uniform over the 8; over the 4 that keep H
+            and W for non-square images) before the trunk: data augmentation inside
+            the network, so that any loop that trains it (sbi's ``NPE.train``
+            included) learns the lens parameters' invariance, as ``sbi-lens train``
+            does with its own (seeded) augmentation, which builds the network with
+            ``augment=False``. Eval mode is unaffected. Draws from torch's global RNG.
     """
 
     def __init__(
@@ -116,10 +121,10 @@ class LensResNet(nn.Module):
         out_features: int = 64,
         widths: Sequence[int] = (16, 32, 64),
         blocks_per_stage: int = 1,
-        norm: str = "group",
+        norm: str = "batch",
         min_size: int = 32,
         symmetry: str = "none",
-        augment: bool = False,
+        augment: bool = True,
     ) -> None:
         super().__init__()
         if symmetry not in SYMMETRIES:
