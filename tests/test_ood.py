@@ -32,7 +32,10 @@ SMALL = TrainConfig(
     batch_size=64,
     validation_fraction=0.25,
     flow={"hidden_features": 16, "num_blocks": 2},
-    embedding={"widths": [16, 16], "out_features": 8},
+    # GroupNorm, as before the default became BatchNorm: this model's embedding test sees a
+    # missing ring for 95 % of cutouts with it and for 34 % with BatchNorm (measured), and
+    # the test is about the test's machinery, not about which norm to use.
+    embedding={"widths": [16, 16], "out_features": 8, "norm": "group"},
 )
 BANDS = ("g", "r", "i")
 HELD_OUT = 512
