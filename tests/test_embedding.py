@@ -280,3 +280,33 @@ def test_augment_shows_each_image_one_random_view_in_training_only():
 def test_augment_keeps_the_shape_of_non_square_images():
     net = LensResNet(2, out_features=3, widths=(4,), augment=True).train()
     assert net(torch.randn(5, 2, 32, 40)).shape == (5, 3)
+
+
+@pytest.mark.filterwarnings("ignore:Maximum number of epochs")
+def test_default_embedding_in_sbis_loop_gives_a_deterministic_posterior():
+    """BatchNorm and in-network augmentation act in training only: after sbi's
+    ``NPE.train()`` the posterior of one observation is the same on every call and the
+    same inside a batch of others (eval mode, running statistics)."""
+    from sbi.inference import NPE
+    from sbi.utils import BoxUniform
+
+    from sbi_lens.nn import spline_flow
+
+    torch.manual_seed(0)
+    prior = BoxUniform(torch.tensor([0.1, 0.5, 0.5, 150.0]), torch.tensor([0.9, 3.0, 2.5, 350.0]))
+    theta = prior.sample((64,))
+    x = theta[:, 2, None, None, None] * torch.rand(64, 1, 32, 32)
+    embedding = LensResNet(1, out_features=8, widths=(4, 8))
+    assert embedding.augment and isinstance(embedding.stem[1], torch.nn.BatchNorm2d)
+    builder = spline_flow(prior=prior, num_blocks=2, embedding_net=embedding)
+    inference = NPE(prior, density_estimator=builder, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(
+        max_num_epochs=2, training_batch_size=16
+    )
+    assert not estimator.training
+    posterior = inference.build_posterior()
+    samples = posterior.sample((20,), x=x[0], show_progress_bars=False)
+    first = posterior.log_prob(samples, x=x[0])
+    assert torch.equal(posterior.log_prob(samples, x=x[0]), first)
+    in_batch = estimator.log_prob(samples[:, None].expand(20, 8, 4), x[:8])[:, 0]
+    assert torch.allclose(in_batch, estimator.log_prob(samples[:, None], x[:1])[:, 0], atol=1e-4)
