@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sbi_lens.ood import conformal_pvalues
+
 __all__ = [
     "ARC_EPOCHS",
     "ARC_RINGS",
@@ -286,8 +288,6 @@ class ArcReference:
     def pvalues(self, x) -> np.ndarray:
         """(N,) p-values that each (bands, H, W) cutout holds a lensed source like the
         training lenses' (small: no arc seen)."""
-        from sbi_lens.pixel_checks import conformal_pvalues
-
         return conformal_pvalues(self.null_scores.numpy(), self.classifier.logits(x).numpy())
 
     def store_test(self, x) -> tuple[float, float]:
@@ -300,8 +300,6 @@ class ArcReference:
             (one-sided Mann-Whitney U p-value, share of cutouts with p < 0.05).
         """
         from scipy.stats import mannwhitneyu
-
-        from sbi_lens.pixel_checks import conformal_pvalues
 
         scores = self.classifier.logits(x).numpy()
         null = self.null_scores.numpy()

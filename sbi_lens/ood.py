@@ -44,6 +44,7 @@ __all__ = [
     "StoreOOD",
     "check_levels",
     "combine_pvalues",
+    "conformal_pvalues",
     "ood_features",
     "fit_reference",
     "fit_references",
@@ -58,6 +59,18 @@ K_NEIGHBOURS = 5
 REFERENCE_LENSES = 2048
 #: Validation lenses whose statistics form the null distribution (at most).
 NULL_LENSES = 2048
+
+
+def conformal_pvalues(null_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(N,) conformal p-values ``(1 + #{null ≥ s}) / (1 + n_null)`` of ``scores``.
+
+    Args:
+        null_sorted: (M,) statistics of held-out lenses, ascending.
+        scores: (N,) statistics of the cutouts tested (large: unlike the null).
+    """
+    null_sorted = np.asarray(null_sorted, dtype=float)
+    at_least = len(null_sorted) - np.searchsorted(null_sorted, scores, side="left")
+    return (1.0 + at_least) / (1.0 + len(null_sorted))
 
 
 #: Share of the false-alarm rate each check gets in :func:`combine_pvalues`. The arc
@@ -329,8 +342,6 @@ class OODReference:
 
         The smallest possible value is ``1 / (1 + n_null)``.
         """
-        from sbi_lens.pixel_checks import conformal_pvalues
-
         return conformal_pvalues(self.null_scores.numpy(), self.scores(embeddings).numpy())
 
     def store_test(self, embeddings: Tensor) -> StoreOOD:

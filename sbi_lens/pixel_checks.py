@@ -36,6 +36,8 @@ import torch
 from scipy.ndimage import uniform_filter
 from torch import Tensor
 
+from sbi_lens.ood import conformal_pvalues
+
 __all__ = [
     "REGISTRATION_HALF_WIDTH",
     "PixelReference",
@@ -51,18 +53,6 @@ REGISTRATION_HALF_WIDTH = 12
 _MAD_TO_SIGMA = 1.4826  # median |x| → σ for Gaussian x
 _SECOND_DIFFERENCE_VARIANCE = 6.0  # var(x[i-1] - 2x[i] + x[i+1]) / σ² for white noise
 _BATCH = 256
-
-
-def conformal_pvalues(null_sorted: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """(N,) conformal p-values ``(1 + #{null ≥ s}) / (1 + n_null)`` of ``scores``.
-
-    Args:
-        null_sorted: (M,) statistics of held-out lenses, ascending.
-        scores: (N,) statistics of the cutouts tested (large: unlike the null).
-    """
-    null_sorted = np.asarray(null_sorted, dtype=float)
-    at_least = len(null_sorted) - np.searchsorted(null_sorted, scores, side="left")
-    return (1.0 + at_least) / (1.0 + len(null_sorted))
 
 
 def noise_model(simulator) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +120,12 @@ def _window(images: np.ndarray, dy: int, dx: int, half: int) -> np.ndarray:
     return images[:, rows, columns].reshape(len(images), -1)
 
 
-def _residual_chi2(target: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """(N,) sum of squared residuals of target ≈ a × template + c, (a, c) per row."""
-    t = target - target.mean(1, keepdims=True)
+def _residual_chi2(centred: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """(N,) sum of squared residuals of target ≈ a × template + c, (a, c) per row, for a
+    target already centred on its row means (``centred``)."""
     z = template - template.mean(1, keepdims=True)
     zz = np.maximum((z * z).sum(1), np.finfo(float).tiny)
-    return (t * t).sum(1) - (t * z).sum(1) ** 2 / zz
+    return (centred * centred).sum(1) - (centred * z).sum(1) ** 2 / zz
 
 
 def registration_scores(x, half: int = REGISTRATION_HALF_WIDTH) -> np.ndarray:
@@ -169,6 +159,7 @@ def registration_scores(x, half: int = REGISTRATION_HALF_WIDTH) -> np.ndarray:
         best = np.zeros(len(part))
         for b in range(part.shape[1]):
             target = _window(part[:, b], 0, 0, half)
+            target = target - target.mean(1, keepdims=True)
             for c in range(part.shape[1]):
                 if c == b:
                     continue

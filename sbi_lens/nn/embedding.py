@@ -28,27 +28,37 @@ _MAD_TO_SIGMA = 1.4826  # MAD → σ for Gaussian noise
 SYMMETRIES = ("none", "c4", "d4")
 
 
-def _group_views(x: Tensor, symmetry: str) -> list[Tensor]:
-    """The views of ``x`` (B, C, H, W) the group pooling averages over.
-
-    Ordered flip-major, rotation-minor, so views with an odd number of quarter turns
-    (the ones whose H and W are swapped) sit at odd indices.
-    """
+def _elements(symmetry: str, square: bool = True) -> list[tuple[bool, int]]:
+    """The group's elements as (flip, quarter turns), flip-major, rotation-minor (so
+    elements with an odd number of quarter turns, which swap H and W, sit at odd
+    indices); only those that keep the shape when ``square`` is False."""
     flips = (False, True) if symmetry == "d4" else (False,)
-    views = []
-    for flip in flips:
-        base = torch.flip(x, dims=(-1,)) if flip else x
-        views.extend(torch.rot90(base, k, dims=(-2, -1)) for k in range(4))
-    return views
+    return [(f, k) for f in flips for k in range(4) if square or k % 2 == 0]
+
+
+def _view(x: Tensor, flip: bool, turns: int) -> Tensor:
+    """``x`` (…, H, W) flipped left-right (if ``flip``), then turned ``turns`` × 90°."""
+    return torch.rot90(torch.flip(x, dims=(-1,)) if flip else x, turns, dims=(-2, -1))
+
+
+def _group_views(x: Tensor, symmetry: str) -> list[Tensor]:
+    """The views of ``x`` (B, C, H, W) the group pooling averages over, in the order
+    of :func:`_elements`."""
+    return [_view(x, f, k) for f, k in _elements(symmetry)]
 
 
 def _random_view(x: Tensor) -> Tensor:
     """Each image of ``x`` (B, C, H, W) in one of its D4 views, drawn uniformly (only
-    the views of the same shape for H ≠ W) from torch's global RNG."""
-    views = [v for v in _group_views(x, "d4") if v.shape == x.shape]
-    pick = torch.randint(len(views), (x.shape[0],), device=x.device)
-    stacked = torch.stack(views)  # (|views|, B, C, H, W)
-    return stacked[pick, torch.arange(x.shape[0], device=x.device)]
+    the views of the same shape for H ≠ W) from torch's global RNG; each image is
+    transformed once."""
+    elements = _elements("d4", square=x.shape[-1] == x.shape[-2])
+    pick = torch.randint(len(elements), (x.shape[0],), device=x.device)
+    out = torch.empty_like(x)
+    for index, (flip, turns) in enumerate(elements):
+        rows = (pick == index).nonzero(as_tuple=True)[0]
+        if len(rows):
+            out[rows] = _view(x[rows], flip, turns)
+    return out
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
