@@ -354,7 +354,8 @@ def evaluate(fitted: Fitted, theta, x, num_samples: int, device: str, batch: int
         device: where to evaluate.
 
     Returns:
-        ``log_q_mean`` / ``log_q_se`` (nats, density over φ, raw estimator),
+        ``log_q_per_lens`` (nats, None where not finite), ``log_q_mean`` /
+        ``log_q_se`` (nats, density over φ, raw estimator),
         ``log_q_truncated_mean`` (renormalised to the prior's support with the
         per-lens acceptance, as sbi's ``DirectPosterior.log_prob`` does), ``leakage``
         (fraction of samples outside the support), ``nonfinite`` and ``r2`` per
@@ -378,6 +379,8 @@ def evaluate(fitted: Fitted, theta, x, num_samples: int, device: str, batch: int
     r2 = 1 - ((mean - truth) ** 2).sum(0) / ((truth - truth.mean(0)) ** 2).sum(0)
     good = log_q[finite]
     return {
+        # per lens, in the held-out store's order: what pairs two models on the same lenses
+        "log_q_per_lens": [round(v, 4) if math.isfinite(v) else None for v in log_q.tolist()],
         "log_q_mean": float(good.mean()),
         "log_q_se": float(good.std() / math.sqrt(len(good))) if len(good) > 1 else None,
         "log_q_truncated_mean": float(truncated[finite].mean()),
@@ -564,7 +567,7 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)  # sbi's split and every initial weight draw from it
     with tempfile.TemporaryDirectory(prefix="converged-") as tmp:
         fitted, num_train = _fit(args, Path(args.work) if args.work else Path(tmp))
-    test_theta, test_x, _ = _load(args.test_store, args.num_test)
+    test_theta, test_x, test_store = _load(args.test_store, args.num_test)
     torch.manual_seed(args.seed + 1)  # posterior samples
     figures = evaluate(fitted, test_theta, test_x, args.num_samples, args.device)
     losses = [loss for _, loss in fitted.trace]
@@ -584,6 +587,7 @@ def run(args) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "num_train": num_train,
         "num_test": len(test_theta),
+        "test_fingerprint": test_store.fingerprint,
         "parameters": sum(p.numel() for p in fitted.estimator.parameters()),
         "embedding_parameters": sum(p.numel() for p in fitted.estimator.embedding_net.parameters()),
         "log_q_space": "(z_lens, z_source, log theta_E, log sigma_v)",

@@ -4,9 +4,13 @@ Per simulation config and model, over seeds: mean ± standard error of the held-
 log q (nats, over (z_l, z_s, log θ_E, log σ_v); raw, and renormalised to the prior's
 support as sbi's ``DirectPosterior`` does) and of R² per parameter, the median
 wall time to reach within 0.05 nats of the model's own best validation loss, the
-median training wall time and epochs. Prints the table as markdown, then one JSON line.
+median training wall time and epochs. Then, per config and seed, every model's held-out
+log q paired lens by lens against a reference model (default ``ours_train``) on the
+same held-out lenses: the mean difference and its standard error over lenses, which
+is far smaller than either model's own error, since most of a lens's log q is the
+lens, not the model. Prints the tables as markdown, then one JSON line.
 
-    python benchmarks/converged_table.py results.jsonl
+    python benchmarks/converged_table.py results.jsonl [--reference ours_train]
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["combine", "main", "markdown", "mean_se", "read_lines"]
+__all__ = ["combine", "main", "markdown", "mean_se", "paired", "read_lines"]
 
 _PARAMETERS = ("z_lens", "z_source", "theta_E", "sigma_v")
 _MODEL_ORDER = ("stock_resnet", "stock_cnn", "ours_sbi", "ours_train")
@@ -72,6 +76,56 @@ def combine(records: list[dict]) -> dict:
     return table
 
 
+def paired(records: list[dict], reference: str = "ours_train") -> dict:
+    """``{config: {seed: {model: {"mean", "se", "n"}}}}``: per-lens log q of ``model``
+    minus ``reference``'s, over the held-out lenses both models have finite.
+
+    Only records of the same config, seed and held-out store (``test_fingerprint`` and
+    ``num_test``) are paired; records without per-lens values (older runs) are skipped.
+    """
+
+    def key(record):
+        held_out = record.get("test_fingerprint"), record.get("num_test")
+        return record["config"], record["seed"], *held_out
+
+    references = {
+        key(r): r["log_q_per_lens"]
+        for r in records
+        if r["model"] == reference and r.get("log_q_per_lens")
+    }
+    out: dict = {}
+    for record in records:
+        base = references.get(key(record))
+        if record["model"] == reference or base is None or not record.get("log_q_per_lens"):
+            continue
+        differences = [
+            a - b
+            for a, b in zip(record["log_q_per_lens"], base, strict=True)
+            if a is not None and b is not None
+        ]
+        stat = mean_se(differences)
+        config, seed = record["config"], record["seed"]
+        out.setdefault(config, {}).setdefault(seed, {})[record["model"]] = stat
+    return out
+
+
+def paired_markdown(differences: dict, reference: str) -> str:
+    """The paired differences as markdown (empty when there are none)."""
+    if not differences:
+        return ""
+    lines = [
+        f"### held-out log q minus {reference}'s, lens by lens",
+        "",
+        "| config | seed | model | Δ log q | lenses |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for config, seeds in differences.items():
+        for seed, models in sorted(seeds.items()):
+            for model, stat in models.items():
+                lines.append(f"| {config} | {seed} | {model} | {_cell(stat, 3)} | {stat['n']} |")
+    return "\n".join(lines)
+
+
 def _cell(stat: dict, digits: int) -> str:
     if stat["mean"] is None:
         return "–"
@@ -110,10 +164,18 @@ def markdown(table: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="the .jsonl file converged.py appended to")
+    parser.add_argument(
+        "--reference", default="ours_train", help="the model the others are paired against"
+    )
     args = parser.parse_args(argv)
-    table = combine(read_lines(args.results))
+    records = read_lines(args.results)
+    table = combine(records)
+    differences = paired(records, args.reference)
     print(markdown(table))
-    print(json.dumps({"benchmark": "converged_table", "table": table}))
+    if differences:
+        print("\n" + paired_markdown(differences, args.reference))
+    summary = {"benchmark": "converged_table", "table": table, "reference": args.reference}
+    print(json.dumps({**summary, "paired": differences}))
     return 0
 
 

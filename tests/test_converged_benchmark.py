@@ -21,7 +21,8 @@ pytestmark = [
 
 KEYS = {
     "benchmark", "config", "model", "seed", "device", "machine", "num_train", "num_test",
-    "parameters", "embedding_parameters", "log_q_space", "log_q_mean", "log_q_se",
+    "test_fingerprint", "parameters", "embedding_parameters", "log_q_space",
+    "log_q_per_lens", "log_q_mean", "log_q_se",
     "log_q_truncated_mean", "leakage", "nonfinite", "r2", "epochs", "wall_seconds",
     "best_val_loss", "seconds_to_near_best", "near_best_nats", "trace",
 }  # fmt: skip
@@ -74,6 +75,9 @@ def test_every_model_trains_and_prints_one_json_line(model, stores, tmp_path, ca
     assert seconds == sorted(seconds) and 0 < record["seconds_to_near_best"] <= seconds[-1] + 1e-3
     assert record["best_val_loss"] == min(v for _, v in record["trace"])
     assert math.isfinite(record["log_q_mean"]) and record["log_q_se"] > 0
+    per_lens = record["log_q_per_lens"]  # rounded to 1e-4, so the mean to within that
+    assert len(per_lens) == 48
+    assert sum(per_lens) / 48 == pytest.approx(record["log_q_mean"], abs=1e-4)
     assert record["nonfinite"] == 0 and 0 <= record["leakage"] <= 1
     assert set(record["r2"]) == {"z_lens", "z_source", "theta_E", "sigma_v"}
     if model.startswith("ours"):  # samples inside the support by construction
@@ -233,6 +237,36 @@ def test_table_combines_two_seeds_into_mean_and_standard_error(tmp_path, capsys)
     assert row["median_seconds_to_near_best"] == 200.0 and row["seeds"] == [0, 1]
     assert "| ours_sbi | 2 | 0.600 ± 0.100 |" in "\n".join(printed)
     assert "3.500 ± 0.500" in "\n".join(printed)
+
+
+def test_paired_differences_are_lens_by_lens_on_the_same_held_out_store(tmp_path, capsys):
+    """Δ is the mean of per-lens differences with its standard error over lenses; a run
+    on another held-out store, another seed or without per-lens values is not paired."""
+
+    def run(model, seed, per_lens, fingerprint="abc"):
+        record = _fake(seed, 0.0, 0.5, 10.0)  # the mean is not what is paired
+        record.update(model=model, num_test=len(per_lens), test_fingerprint=fingerprint)
+        return {**record, "log_q_per_lens": per_lens}
+
+    reference = [1.0, 2.0, 3.0, None]
+    records = [
+        run("ours_train", 0, reference),
+        run("stock_cnn", 0, [0.5, 1.0, 2.5, 7.0]),  # Δ = −0.5, −1.0, −0.5; lens 4 dropped
+        run("stock_resnet", 0, [0.0, 0.0, 0.0, 0.0], fingerprint="other"),
+        run("stock_resnet", 1, [0.0, 0.0, 0.0, 0.0]),
+        {**run("ours_sbi", 0, [1.0, 2.0, 3.0, 4.0]), "log_q_per_lens": None},
+    ]
+    differences = table.paired(records)
+    assert list(differences) == ["one_band_48"] and list(differences["one_band_48"]) == [0]
+    stat = differences["one_band_48"][0]["stock_cnn"]
+    assert stat["mean"] == pytest.approx(-2 / 3) and stat["n"] == 3
+    assert stat["se"] == pytest.approx(math.sqrt(1 / 12) / math.sqrt(3))  # stdev(−.5,−1,−.5)
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert table.main([str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| one_band_48 | 0 | stock_cnn | -0.667 ± 0.167 | 3 |" in printed
+    assert table.paired(records, reference="nobody") == {}
 
 
 def test_table_refuses_an_empty_file(tmp_path):
