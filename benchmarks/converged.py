@@ -287,17 +287,20 @@ def fit_ours_train(
     epochs: int,
     patience: int,
     embedding_options: dict | None = None,
+    hidden_features: int | None = None,
 ) -> Fitted:
     """Train with ``sbi_lens.training.train`` (the ``sbi-lens train`` path) into ``work``
-    (``embedding_options``: ``TrainConfig.embedding`` settings; None: the defaults)."""
+    (``embedding_options``: ``TrainConfig.embedding`` settings, ``hidden_features``:
+    ``TrainConfig.flow.hidden_features``; None: the defaults)."""
     from sbi_lens.config import TrainConfig
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.priors import LensPrior
     from sbi_lens.store import SimulationStore
     from sbi_lens.training import train
 
+    flow = {} if hidden_features is None else {"hidden_features": hidden_features}
     config = TrainConfig(
-        epochs=epochs, patience=patience, seed=seed, embedding=embedding_options or {}
+        epochs=epochs, patience=patience, seed=seed, embedding=embedding_options or {}, flow=flow
     )
     work.mkdir(parents=True, exist_ok=True)  # a fresh folder per run: pairs share --work
     model_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"ours_train_seed{seed}_"))
@@ -440,7 +443,8 @@ def _parser() -> argparse.ArgumentParser:
         "--hidden-features",
         type=int,
         default=None,
-        help="ours_sbi: the flow's conditioner width (default: spline_flow's)",
+        help="ours_sbi, ours_train: the flow's conditioner width (default: spline_flow's, "
+        "TrainConfig's)",
     )
     parser.add_argument(
         "--embedding-option",
@@ -484,6 +488,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
             args.train_epochs,
             args.patience,
             parse_options(args.embedding_option),
+            args.hidden_features,
         )
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
@@ -512,8 +517,8 @@ def _check_options(args) -> None:
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
-    if args.hidden_features and args.model != "ours_sbi":
-        raise ValueError("--hidden-features: an ours_sbi option")
+    if args.hidden_features and not ours:
+        raise ValueError("--hidden-features: only ours_sbi and ours_train have our flow")
     if args.embedding_option and not ours:
         raise ValueError("--embedding-option: only ours_sbi and ours_train have a LensResNet")
 

@@ -96,13 +96,21 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["model"] == "ours_sbi[d4,raw,lr=0.002]" and math.isfinite(record["log_q_mean"])
     assert converged.model_label("stock_cnn") == "stock_cnn"
+    argv = [str(train), str(test), "--model", "ours_train", "--hidden-features", "16"]
+    argv += ["--train-epochs", "1", "--num-samples", "8", "--work", str(tmp_path / "h16")]
+    assert converged.main(argv) == 0
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == "ours_train[h=16]"
+    )
+    (model_json,) = (tmp_path / "h16").glob("ours_train_seed0_*/model.json")
+    assert json.loads(model_json.read_text())["train_config"]["flow"]["hidden_features"] == 16
     label = converged.model_label("ours_sbi", hidden_features=64, embedding_options=["norm=group"])
     assert label == "ours_sbi[h=64,norm=group]"
     with pytest.raises(ValueError, match="only ours_sbi"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--symmetry", "c4"])
     with pytest.raises(ValueError, match="only ours_sbi"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--raw-images"])
-    with pytest.raises(ValueError, match="an ours_sbi option"):
+    with pytest.raises(ValueError, match="only ours_sbi and ours_train have our flow"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--hidden-features", "64"])
     with pytest.raises(ValueError, match="only ours_sbi and ours_train"):
         converged.main(
