@@ -168,15 +168,19 @@ def _ours_builder(
     symmetry: str = "none",
     hidden_features=None,
     embedding_options=None,
+    support: str = "box",
 ):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
     LensResNet's group pooling, ``hidden_features``: the flow's conditioner width,
-    ``embedding_options``: more LensResNet keyword arguments; None: the defaults)."""
+    ``embedding_options``: more LensResNet keyword arguments; None: the defaults;
+    ``support``: ``box``, the flow lives in the box's logit space as the one-line
+    drop-in has it, or ``none``, directly in φ as sbi's stock flows do)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
     embedding = LensResNet(in_bands=bands, symmetry=symmetry, **(embedding_options or {}))
     width = {} if hidden_features is None else {"hidden_features": hidden_features}
-    return spline_flow(prior=prior, embedding_net=embedding, **width)
+    flow_prior = prior if support == "box" else None
+    return spline_flow(prior=flow_prior, embedding_net=embedding, **width)
 
 
 class _NoTracker:
@@ -229,6 +233,7 @@ def fit_sbi(
     raw_images: bool = False,
     hidden_features: int | None = None,
     embedding_options: dict | None = None,
+    support: str = "box",
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -245,6 +250,9 @@ def fit_sbi(
             input (LensResNet scales them itself), instead of the stock models' asinh.
         hidden_features: ``ours_sbi`` only: the flow's conditioner width (None: default).
         embedding_options: ``ours_sbi`` only: more ``LensResNet`` keyword arguments.
+        support: ``ours_sbi`` only: ``box`` (the flow's support bijection is the box
+            prior's logit) or ``none`` (the flow models φ itself; samples outside the
+            box are rejected, as for the stock flows).
     """
     from sbi.inference import NPE
 
@@ -258,6 +266,7 @@ def fit_sbi(
             symmetry,
             hidden_features,
             embedding_options,
+            support,
         )
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
@@ -429,6 +438,13 @@ def _parser() -> argparse.ArgumentParser:
         help="ours_sbi: LensResNet's group pooling (default none, its default)",
     )
     parser.add_argument(
+        "--support",
+        default="box",
+        choices=("box", "none"),
+        help="ours_sbi: the flow's support bijection: the box prior's logit over φ "
+        "(default, the drop-in's) or none (the flow models φ itself, as stock nsf does)",
+    )
+    parser.add_argument(
         "--learning-rate",
         type=float,
         default=None,
@@ -506,6 +522,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         raw_images=args.raw_images,
         hidden_features=args.hidden_features,
         embedding_options=parse_options(args.embedding_option),
+        support=args.support,
     )
     return fitted, len(theta)
 
@@ -515,6 +532,8 @@ def _check_options(args) -> None:
     ours = args.model in ("ours_sbi", "ours_train")
     if args.symmetry != "none" and args.model != "ours_sbi":
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
+    if args.support != "box" and args.model != "ours_sbi":
+        raise ValueError(f"--support={args.support}: an ours_sbi option")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
     if args.hidden_features and not ours:
@@ -547,10 +566,13 @@ def model_label(
     raw: bool = False,
     hidden_features: int | None = None,
     embedding_options: list[str] = (),
+    support: str = "box",
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
     e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,norm=group]`` or ``stock_resnet[lr=0.002]``."""
     options = [symmetry] if symmetry != "none" else []
+    if support != "box":
+        options.append(f"support={support}")
     if raw:
         options.append("raw")
     if hidden_features is not None:
@@ -586,6 +608,7 @@ def run(args) -> dict:
             args.raw_images,
             args.hidden_features,
             args.embedding_option,
+            args.support,
         ),
         "seed": args.seed,
         "device": args.device,
