@@ -6,9 +6,9 @@ support as sbi's ``DirectPosterior`` does) and of R² per parameter, the median
 wall time to reach within 0.05 nats of the model's own best validation loss, the
 median training wall time and epochs. Then, per config and seed, every model's held-out
 log q paired lens by lens against a reference model (default ``ours_train``) on the
-same held-out lenses: the mean difference and its standard error over lenses, which
-is far smaller than either model's own error, since most of a lens's log q is the
-lens, not the model. Prints the tables as markdown, then one JSON line.
+same held-out lenses: the mean difference and its standard error over lenses. Pairing
+removes the lens-to-lens spread of log q that both models share (how informative each
+image is), so the error is that of the difference, not of two means. Prints the tables as markdown, then one JSON line.
 
     python benchmarks/converged_table.py results.jsonl [--reference ours_train]
 """
