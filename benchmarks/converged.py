@@ -234,6 +234,7 @@ def fit_sbi(
     hidden_features: int | None = None,
     embedding_options: dict | None = None,
     support: str = "box",
+    lens_prior=None,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -253,15 +254,20 @@ def fit_sbi(
         support: ``ours_sbi`` only: ``box`` (the flow's support bijection is the box
             prior's logit) or ``none`` (the flow models φ itself; samples outside the
             box are rejected, as for the stock flows).
+        lens_prior: ``ours_sbi`` only: a :class:`~sbi_lens.priors.LensPrior`. The
+            drop-in then learns physical θ with that prior (its support slides z_source
+            above z_lens + Δz), as an sbi-lens user would write it, instead of φ under
+            the box that the stock models get; None: the box.
     """
     from sbi.inference import NPE
 
     tick = time.perf_counter()
     scale_x = _identity if raw_images else AsinhScaling.fit(x)
-    prior = box_prior(bounds, device)
+    prior = box_prior(bounds, device) if lens_prior is None else lens_prior
+    space, targets = ("phi", theta_to_phi(theta)) if lens_prior is None else ("theta", theta)
     if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
         builder = _ours_builder(
-            box_prior(bounds, "cpu"),
+            box_prior(bounds, "cpu") if lens_prior is None else lens_prior,
             x.shape[1],
             symmetry,
             hidden_features,
@@ -277,7 +283,7 @@ def fit_sbi(
         tracker=_NoTracker(),
         show_progress_bars=False,
     )
-    inference.append_simulations(theta_to_phi(theta), scale_x(x), data_device=data_device)
+    inference.append_simulations(targets, scale_x(x), data_device=data_device)
     cap = {} if max_epochs is None else {"max_num_epochs": max_epochs}
     if learning_rate is not None:
         cap["learning_rate"] = learning_rate
@@ -285,7 +291,7 @@ def fit_sbi(
     summary = inference.summary
     seconds = torch.tensor(summary["epoch_durations_sec"], dtype=torch.float64).cumsum(0)
     trace = list(zip(seconds.tolist(), summary["validation_loss"], strict=True))
-    return Fitted(estimator, "phi", scale_x, prior.support.check, trace, time.perf_counter() - tick)
+    return Fitted(estimator, space, scale_x, prior.support.check, trace, time.perf_counter() - tick)
 
 
 def fit_ours_train(
@@ -445,6 +451,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default, the drop-in's) or none (the flow models φ itself, as stock nsf does)",
     )
     parser.add_argument(
+        "--prior",
+        default="box",
+        choices=("box", "lens"),
+        help="ours_sbi: the box over φ that the stock models get (default) or the "
+        "store's LensPrior over physical θ (z_source above z_lens + Δz)",
+    )
+    parser.add_argument(
         "--learning-rate",
         type=float,
         default=None,
@@ -523,6 +536,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         hidden_features=args.hidden_features,
         embedding_options=parse_options(args.embedding_option),
         support=args.support,
+        lens_prior=LensPrior(store.config.prior) if args.prior == "lens" else None,
     )
     return fitted, len(theta)
 
@@ -532,6 +546,10 @@ def _check_options(args) -> None:
     ours = args.model in ("ours_sbi", "ours_train")
     if args.symmetry != "none" and args.model != "ours_sbi":
         raise ValueError(f"--symmetry={args.symmetry}: only ours_sbi has LensResNet's pooling")
+    if args.prior != "box" and args.model != "ours_sbi":
+        raise ValueError(f"--prior={args.prior}: an ours_sbi option")
+    if args.prior != "box" and (args.support != "box" or args.device != "cpu"):
+        raise ValueError("--prior lens: with the default --support, on the CPU")
     if args.support != "box" and args.model != "ours_sbi":
         raise ValueError(f"--support={args.support}: an ours_sbi option")
     if args.raw_images and args.model != "ours_sbi":
@@ -567,12 +585,15 @@ def model_label(
     hidden_features: int | None = None,
     embedding_options: list[str] = (),
     support: str = "box",
+    prior: str = "box",
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
     e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,norm=group]`` or ``stock_resnet[lr=0.002]``."""
     options = [symmetry] if symmetry != "none" else []
     if support != "box":
         options.append(f"support={support}")
+    if prior != "box":
+        options.append(f"prior={prior}")
     if raw:
         options.append("raw")
     if hidden_features is not None:
@@ -609,6 +630,7 @@ def run(args) -> dict:
             args.hidden_features,
             args.embedding_option,
             args.support,
+            args.prior,
         ),
         "seed": args.seed,
         "device": args.device,

@@ -8,7 +8,8 @@ median training wall time and epochs. Then, per config and seed, every model's h
 log q paired lens by lens against a reference model (default ``ours_train``) on the
 same held-out lenses: the mean difference and its standard error over lenses. Pairing
 removes the lens-to-lens spread of log q that both models share (how informative each
-image is), so the error is that of the difference, not of two means. Prints the tables as markdown, then one JSON line.
+image is), so the error is that of the difference, not of two means. Prints the tables
+as markdown, then one JSON line.
 
     python benchmarks/converged_table.py results.jsonl [--reference ours_train]
 """
