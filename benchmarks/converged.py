@@ -263,11 +263,16 @@ def fit_sbi(
 
     tick = time.perf_counter()
     scale_x = _identity if raw_images else AsinhScaling.fit(x)
-    prior = box_prior(bounds, device) if lens_prior is None else lens_prior
-    space, targets = ("phi", theta_to_phi(theta)) if lens_prior is None else ("theta", theta)
-    if model == "ours_sbi":  # sbi builds the net from CPU tensors: a CPU copy of the prior
+    if lens_prior is None:  # φ under the box the stock models get
+        # sbi builds the net from CPU tensors: the builder gets a CPU copy of the prior
+        prior, cpu_prior = box_prior(bounds, device), box_prior(bounds, "cpu")
+        space, targets = "phi", theta_to_phi(theta)
+    else:  # physical θ under LensPrior (CPU only, _check_options)
+        prior = cpu_prior = lens_prior
+        space, targets = "theta", theta
+    if model == "ours_sbi":
         builder = _ours_builder(
-            box_prior(bounds, "cpu") if lens_prior is None else lens_prior,
+            cpu_prior,
             x.shape[1],
             symmetry,
             hidden_features,

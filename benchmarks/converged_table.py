@@ -173,8 +173,9 @@ def main(argv=None) -> int:
     table = combine(records)
     differences = paired(records, args.reference)
     print(markdown(table))
-    if differences:
-        print("\n" + paired_markdown(differences, args.reference))
+    pairs = paired_markdown(differences, args.reference)
+    if pairs:
+        print("\n" + pairs)
     summary = {"benchmark": "converged_table", "table": table, "reference": args.reference}
     print(json.dumps({**summary, "paired": differences}))
     return 0

@@ -473,7 +473,8 @@ def spline_flow(
         hidden_features: Width of the residual conditioner. 64 by default: in sbi's
             loop it overfits less than 128 (held-out log q +0.06 nats at 20,000
             one-band lenses, +0.13 at 2,000; docs/estimator.md). ``sbi-lens train``
-            keeps 128 (``TrainConfig.flow``), where 64 was not measured.
+            keeps 128 (``TrainConfig.flow``): there 64 stopped early and scored
+            0.054 ± 0.056 nats lower at 2,000 lenses.
         num_bins: Spline bins per dimension.
         embedding_net: Network mapping x to a feature vector (e.g. ``LensResNet``);
             ``None`` for vector-valued x.
