@@ -169,18 +169,22 @@ def _ours_builder(
     hidden_features=None,
     embedding_options=None,
     support: str = "box",
+    weight_average=None,
 ):
     """The drop-in: our estimator as the density estimator of sbi's NPE (``symmetry``:
     LensResNet's group pooling, ``hidden_features``: the flow's conditioner width,
     ``embedding_options``: more LensResNet keyword arguments; None: the defaults;
     ``support``: ``box``, the flow lives in the box's logit space as the one-line
-    drop-in has it, or ``none``, directly in φ as sbi's stock flows do)."""
+    drop-in has it, or ``none``, directly in φ as sbi's stock flows do;
+    ``weight_average``: the flow's ``weight_average_epochs``, 0 for none)."""
     from sbi_lens.nn import LensResNet, spline_flow
 
     embedding = LensResNet(in_bands=bands, symmetry=symmetry, **(embedding_options or {}))
-    width = {} if hidden_features is None else {"hidden_features": hidden_features}
+    flow = {} if hidden_features is None else {"hidden_features": hidden_features}
+    if weight_average is not None:
+        flow["weight_average_epochs"] = weight_average or None
     flow_prior = prior if support == "box" else None
-    return spline_flow(prior=flow_prior, embedding_net=embedding, **width)
+    return spline_flow(prior=flow_prior, embedding_net=embedding, **flow)
 
 
 class _NoTracker:
@@ -235,6 +239,7 @@ def fit_sbi(
     embedding_options: dict | None = None,
     support: str = "box",
     lens_prior=None,
+    weight_average: float | None = None,
 ) -> Fitted:
     """Train a model in sbi's own ``NPE(...).append_simulations(...).train()`` loop.
 
@@ -258,6 +263,8 @@ def fit_sbi(
             drop-in then learns physical θ with that prior (its support slides z_source
             above z_lens + Δz), as an sbi-lens user would write it, instead of φ under
             the box that the stock models get; None: the box.
+        weight_average: ``ours_sbi`` only: the flow's weight-average horizon in epochs
+            (0: off; None: ``spline_flow``'s default).
     """
     from sbi.inference import NPE
 
@@ -278,6 +285,7 @@ def fit_sbi(
             hidden_features,
             embedding_options,
             support,
+            weight_average,
         )
     else:
         builder = _stock_builder(model, tuple(x.shape[1:]))
@@ -487,6 +495,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="ours_sbi, ours_train: a LensResNet keyword argument, e.g. norm=batch (repeatable)",
     )
+    parser.add_argument(
+        "--weight-average",
+        type=float,
+        default=None,
+        metavar="EPOCHS",
+        help="ours_sbi: evaluate with a moving average of the weights over EPOCHS epochs "
+        "(0: off; default: spline_flow's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -542,6 +558,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
         embedding_options=parse_options(args.embedding_option),
         support=args.support,
         lens_prior=LensPrior(store.config.prior) if args.prior == "lens" else None,
+        weight_average=args.weight_average,
     )
     return fitted, len(theta)
 
@@ -557,6 +574,8 @@ def _check_options(args) -> None:
         raise ValueError("--prior lens: with the default --support, on the CPU")
     if args.support != "box" and args.model != "ours_sbi":
         raise ValueError(f"--support={args.support}: an ours_sbi option")
+    if args.weight_average is not None and args.model != "ours_sbi":
+        raise ValueError(f"--weight-average={args.weight_average:g}: an ours_sbi option")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
     if args.hidden_features and not ours:
@@ -591,6 +610,7 @@ def model_label(
     embedding_options: list[str] = (),
     support: str = "box",
     prior: str = "box",
+    weight_average: float | None = None,
 ) -> str:
     """The table's name of a run: the model, with its non-default options in brackets,
     e.g. ``ours_sbi[d4]``, ``ours_sbi[raw,norm=group]`` or ``stock_resnet[lr=0.002]``."""
@@ -604,6 +624,8 @@ def model_label(
     if hidden_features is not None:
         options.append(f"h={hidden_features}")
     options.extend(o.replace(" ", "") for o in embedding_options)
+    if weight_average is not None:
+        options.append(f"avg={weight_average:g}")
     if learning_rate is not None:
         options.append(f"lr={learning_rate:g}")
     return f"{model}[{','.join(options)}]" if options else model
@@ -636,6 +658,7 @@ def run(args) -> dict:
             args.embedding_option,
             args.support,
             args.prior,
+            args.weight_average,
         ),
         "seed": args.seed,
         "device": args.device,

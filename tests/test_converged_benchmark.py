@@ -106,6 +106,10 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["model"] == "ours_sbi[prior=lens]" and math.isfinite(record["log_q_mean"])
     assert record["leakage"] == 0  # LensPrior's support bijection: every sample inside
+    argv = [str(train), str(test), "--model", "ours_sbi", "--weight-average", "2"]
+    assert converged.main([*argv, "--max-epochs", "1", "--num-samples", "8"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["model"] == "ours_sbi[avg=2]" and math.isfinite(record["log_q_mean"])
     argv = [str(train), str(test), "--model", "ours_train", "--hidden-features", "16"]
     argv += ["--train-epochs", "1", "--num-samples", "8", "--work", str(tmp_path / "h16")]
     assert converged.main(argv) == 0
@@ -124,6 +128,8 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
         converged.main([str(train), str(test), "--model", "stock_cnn", "--support", "none"])
     with pytest.raises(ValueError, match="an ours_sbi option"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--prior", "lens"])
+    with pytest.raises(ValueError, match="an ours_sbi option"):
+        converged.main([str(train), str(test), "--model", "stock_cnn", "--weight-average", "1"])
     with pytest.raises(ValueError, match="with the default --support"):
         converged.main(
             [str(train), str(test), "--model", "ours_sbi", "--prior", "lens", "--support", "none"]
