@@ -40,6 +40,9 @@ def _flow_settings(train: TrainConfig) -> dict:
         "num_bins": train.flow.num_bins,
         "num_residual_blocks": train.flow.num_residual_blocks,
         "seed": train.seed,
+        # no weight average: the cosine schedule anneals, and a checkpoint written in
+        # eval mode would hold averaged weights and break the exact resume
+        "weight_average_epochs": None,
     }
 
 

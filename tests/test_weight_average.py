@@ -195,3 +195,28 @@ def test_npe_trains_and_keeps_the_averaged_best_epoch():
 def test_rejects_a_non_positive_horizon():
     with pytest.raises(ValueError, match="horizon"):
         WeightAverage(epochs=0.0)
+
+
+def test_the_drop_in_averages_by_default_and_sbi_lens_train_does_not():
+    """sbi's loop gets the average (spline_flow's default); ``sbi-lens train``'s estimator
+    has none, so its checkpoints hold the live weights (exact resume) and its cosine
+    schedule is what anneals."""
+    import yaml
+    from conftest import TINY_SIMULATION
+
+    from sbi_lens.architecture import build_estimator, rebuild_estimator
+    from sbi_lens.config import EmbeddingSettings, TrainConfig, parse_config
+    from sbi_lens.priors import LensPrior
+
+    g = torch.Generator().manual_seed(0)
+    theta = BoxUniform(LOW, HIGH).sample((16,))
+    default = spline_flow(prior=BoxUniform(LOW, HIGH), num_blocks=1, hidden_features=8)(
+        theta, torch.randn(16, 3, generator=g)
+    )
+    assert default.weight_average is not None and default.weight_average.epochs == 2.0
+    simulation = parse_config(yaml.safe_load(TINY_SIMULATION))
+    train = TrainConfig(embedding=EmbeddingSettings(widths=(4, 8), out_features=8))
+    theta = LensPrior(simulation.prior).sample((16,))
+    x = torch.rand(16, 2, 32, 32, generator=g)
+    assert build_estimator(simulation, train, theta, x).weight_average is None
+    assert rebuild_estimator(simulation, train, 2, (32, 32)).weight_average is None

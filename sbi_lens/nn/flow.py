@@ -494,7 +494,7 @@ def spline_flow(
     z_score_x: str | None = "auto",
     tail_bound: float = 5.0,
     seed: int | None = 0,
-    weight_average_epochs: float | None = None,
+    weight_average_epochs: float | None = 2.0,
 ) -> Callable[[Tensor, Tensor], SplineFlow]:
     """Return an sbi density-estimator builder ``(batch_theta, batch_x) -> SplineFlow``.
 
@@ -523,7 +523,15 @@ def spline_flow(
         tail_bound: Splines act on ``[-tail_bound, tail_bound]`` in standardised units.
         seed: Seed for the random permutations.
         weight_average_epochs: Evaluate with an exponential moving average of the
-            weights over about this many epochs (``SplineFlow``); ``None``: off.
+            weights over about this many epochs (:class:`WeightAverage`): eval mode
+            swaps it in, so sbi's validation, its kept best epoch and the posterior
+            use the average while Adam steps the live weights. 2 by default: in sbi's
+            fixed-rate loop it made the validation loss steady (median jump between
+            epochs 0.03 nats instead of 0.53) and raised held-out log q by
+            0.086 ± 0.029 nats at 2,000 one-band lenses (0.5: +0.05, 1: +0.06, 4: as
+            2; docs/estimator.md). ``None``: off, as ``sbi-lens train`` builds it
+            (its cosine schedule anneals instead, and its checkpoints must hold the
+            live weights for an exact resume).
 
     Returns:
         A builder that sbi calls once with the training data (on CPU).
