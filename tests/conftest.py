@@ -35,6 +35,15 @@ chunk_size: 64
 """
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread (deterministic, and fair to parallel jobs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     """The path of a YAML file holding :data:`TINY_SIMULATION`."""

@@ -5,13 +5,7 @@ import torch
 
 from sbi_lens.nn import LensResNet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def survey_like(n=16, bands=3, size=48, sky=(5.0, 20.0, 0.0), noise=(1.0, 3.0, 0.5), seed=0):

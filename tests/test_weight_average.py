@@ -14,12 +14,7 @@ LOW = torch.tensor([0.1, 0.5, 0.3, 150.0])
 HIGH = torch.tensor([1.0, 3.0, 3.0, 350.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def averaged_flow(epochs=2.0, n=64, seed=0):
