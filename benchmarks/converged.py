@@ -316,10 +316,12 @@ def fit_ours_train(
     patience: int,
     embedding_options: dict | None = None,
     hidden_features: int | None = None,
+    weight_average: float | None = None,
 ) -> Fitted:
     """Train with ``sbi_lens.training.train`` (the ``sbi-lens train`` path) into ``work``
     (``embedding_options``: ``TrainConfig.embedding`` settings, ``hidden_features``:
-    ``TrainConfig.flow.hidden_features``; None: the defaults)."""
+    ``TrainConfig.flow.hidden_features``, ``weight_average``:
+    ``TrainConfig.weight_average_epochs``, 0 for none; None: the defaults)."""
     from sbi_lens.config import TrainConfig
     from sbi_lens.model_folder import ModelFolder
     from sbi_lens.priors import LensPrior
@@ -327,8 +329,14 @@ def fit_ours_train(
     from sbi_lens.training import train
 
     flow = {} if hidden_features is None else {"hidden_features": hidden_features}
+    average = {} if weight_average is None else {"weight_average_epochs": weight_average or None}
     config = TrainConfig(
-        epochs=epochs, patience=patience, seed=seed, embedding=embedding_options or {}, flow=flow
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        embedding=embedding_options or {},
+        flow=flow,
+        **average,
     )
     work.mkdir(parents=True, exist_ok=True)  # a fresh folder per run: pairs share --work
     model_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"ours_train_seed{seed}_"))
@@ -500,8 +508,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="EPOCHS",
-        help="ours_sbi: evaluate with a moving average of the weights over EPOCHS epochs "
-        "(0: off; default: spline_flow's)",
+        help="ours_sbi, ours_train: evaluate with a moving average of the weights over "
+        "EPOCHS epochs (0: off; default: spline_flow's, TrainConfig's)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work", default=None, help="ours_train's model folder (default: temp)")
@@ -539,6 +547,7 @@ def _fit(args, work: Path) -> tuple[Fitted, int]:
             args.patience,
             parse_options(args.embedding_option),
             args.hidden_features,
+            args.weight_average,
         )
         return fitted, len(SimulationStore.open(args.train_store))
     theta, x, store = _load(args.train_store, args.num_train)
@@ -574,8 +583,8 @@ def _check_options(args) -> None:
         raise ValueError("--prior lens: with the default --support, on the CPU")
     if args.support != "box" and args.model != "ours_sbi":
         raise ValueError(f"--support={args.support}: an ours_sbi option")
-    if args.weight_average is not None and args.model != "ours_sbi":
-        raise ValueError(f"--weight-average={args.weight_average:g}: an ours_sbi option")
+    if args.weight_average is not None and not ours:
+        raise ValueError("--weight-average: only ours_sbi and ours_train have our flow")
     if args.raw_images and args.model != "ours_sbi":
         raise ValueError("--raw-images: only ours_sbi scales its images itself")
     if args.hidden_features and not ours:

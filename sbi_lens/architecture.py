@@ -40,9 +40,6 @@ def _flow_settings(train: TrainConfig) -> dict:
         "num_bins": train.flow.num_bins,
         "num_residual_blocks": train.flow.num_residual_blocks,
         "seed": train.seed,
-        # no weight average: the cosine schedule anneals, and a checkpoint written in
-        # eval mode would hold averaged weights and break the exact resume
-        "weight_average_epochs": None,
     }
 
 
@@ -76,7 +73,12 @@ def build_estimator(
     embedding = _embedding(train, in_bands=batch_x.shape[1])
     # Per-band scales from a quarter-million pixels are as good as from all of them.
     embedding.fit_scaling(batch_x, max_pixels=250_000, generator=torch.Generator().manual_seed(0))
-    builder = spline_flow(prior=prior, embedding_net=embedding, **_flow_settings(train))
+    builder = spline_flow(
+        prior=prior,
+        embedding_net=embedding,
+        weight_average_epochs=train.weight_average_epochs,
+        **_flow_settings(train),
+    )
     return builder(batch_theta, batch_x)
 
 

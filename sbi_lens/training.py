@@ -77,12 +77,16 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def to_checkpoint(self, model: dict, optimizer: dict, scheduler: dict) -> dict:
-        """The checkpoint dict: this state plus the three modules' state dicts."""
+    def to_checkpoint(
+        self, model: dict, optimizer: dict, scheduler: dict, weight_average: dict | None = None
+    ) -> dict:
+        """The checkpoint dict: this state plus the three modules' state dicts (``model``:
+        the live weights) and, when training averages weights, the average's state."""
         return {
             "model": model,
             "optimizer": optimizer,
             "scheduler": scheduler,
+            "weight_average": weight_average,
             "epoch": self.epoch,
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
@@ -272,6 +276,8 @@ def _prepare(
     if resume:
         checkpoint = folder.load_checkpoint(torch_device)
         estimator.load_state_dict(checkpoint["model"])
+        if estimator.weight_average is not None:
+            estimator.weight_average.load_state(estimator, checkpoint["weight_average"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = TrainState.from_checkpoint(checkpoint)
@@ -396,12 +402,17 @@ def _summarize_epoch(
     )
     if val_loss < state.best_val:
         state.best_val, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
-        run.folder.save_best(run.estimator.state_dict())
+        run.folder.save_best(run.estimator.state_dict())  # eval mode: the weight average
     else:
         state.bad_epochs += 1
+    average = run.estimator.weight_average
+    run.estimator.train()  # the checkpoint continues from the live weights
     run.folder.save_checkpoint(
         state.to_checkpoint(
-            run.estimator.state_dict(), run.optimizer.state_dict(), run.scheduler.state_dict()
+            run.estimator.state_dict(),
+            run.optimizer.state_dict(),
+            run.scheduler.state_dict(),
+            None if average is None else average.state(),
         )
     )
     run.folder.write_history(state.history)

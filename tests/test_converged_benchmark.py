@@ -111,13 +111,17 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["model"] == "ours_sbi[avg=2]" and math.isfinite(record["log_q_mean"])
     argv = [str(train), str(test), "--model", "ours_train", "--hidden-features", "16"]
+    argv += ["--weight-average", "1"]
     argv += ["--train-epochs", "1", "--num-samples", "8", "--work", str(tmp_path / "h16")]
     assert converged.main(argv) == 0
     assert (
-        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == "ours_train[h=16]"
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"]
+        == "ours_train[h=16,avg=1]"
     )
     (model_json,) = (tmp_path / "h16").glob("ours_train_seed0_*/model.json")
-    assert json.loads(model_json.read_text())["train_config"]["flow"]["hidden_features"] == 16
+    train_config = json.loads(model_json.read_text())["train_config"]
+    assert train_config["flow"]["hidden_features"] == 16
+    assert train_config["weight_average_epochs"] == 1
     label = converged.model_label("ours_sbi", hidden_features=64, embedding_options=["norm=group"])
     assert label == "ours_sbi[h=64,norm=group]"
     with pytest.raises(ValueError, match="only ours_sbi"):
@@ -128,7 +132,7 @@ def test_variants_carry_their_options_in_the_model_label(stores, tmp_path, capsy
         converged.main([str(train), str(test), "--model", "stock_cnn", "--support", "none"])
     with pytest.raises(ValueError, match="an ours_sbi option"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--prior", "lens"])
-    with pytest.raises(ValueError, match="an ours_sbi option"):
+    with pytest.raises(ValueError, match="only ours_sbi and ours_train"):
         converged.main([str(train), str(test), "--model", "stock_cnn", "--weight-average", "1"])
     with pytest.raises(ValueError, match="with the default --support"):
         converged.main(

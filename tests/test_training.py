@@ -70,17 +70,38 @@ def test_save_load_gives_identical_log_prob(trained, ring_store):
     assert torch.isfinite(log_prob).all()
 
 
-def test_resume_continues_exactly(ring_store, tmp_path):
-    straight = train(ring_store.path, tmp_path / "a", SMALL, device="cpu", progress=False)
-    train(ring_store.path, tmp_path / "b", SMALL, device="cpu", progress=False, stop_after=1)
+@pytest.mark.parametrize("weight_average", [None, 1.0])
+def test_resume_continues_exactly(ring_store, tmp_path, weight_average):
+    """Bit for bit, with and without a weight average (whose state the checkpoint keeps)."""
+    config = SMALL.model_copy(update={"weight_average_epochs": weight_average, "epochs": 3})
+    straight = train(ring_store.path, tmp_path / "a", config, device="cpu", progress=False)
+    train(ring_store.path, tmp_path / "b", config, device="cpu", progress=False, stop_after=1)
     resumed = train(
         ring_store.path, tmp_path / "b", None, device="cpu", progress=False, resume=True
     )
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    for name in ("checkpoint.pt", "weights.pt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)
+        b = torch.load(tmp_path / "b" / name, weights_only=True)
+        a, b = (a["model"], b["model"]) if name == "checkpoint.pt" else (a, b)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_weight_average_is_what_validates_and_ships(ring_store, tmp_path):
+    """With ``weight_average_epochs`` the best weights (and the validation loss) are the
+    average's, the checkpoint's model the live weights, and loading gives the average."""
+    config = SMALL.model_copy(update={"weight_average_epochs": 1.0})
+    train(ring_store.path, tmp_path / "m", config, device="cpu", progress=False)
+    checkpoint = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["weight_average"]["updates"] > 0
+    best = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    live = checkpoint["model"]
+    key = next(k for k in best if k.endswith("weight") and best[k].dim() == 2)
+    assert not torch.equal(best[key], live[key])
+    loaded = ModelFolder(tmp_path / "m").load_estimator(device="cpu")
+    assert loaded.weight_average is None  # inference needs no average: it is the weights
+    assert torch.equal(loaded.state_dict()[key], best[key])
 
 
 def test_cli_train_and_errors(ring_store, tmp_path, capsys):

@@ -76,6 +76,9 @@ class TrainConfig(_Strict):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     shuffle_buffer_chunks: int = Field(8, ge=1)
     augment: bool = True
+    # Validate, keep and ship an exponential moving average of the weights over this
+    # many epochs (sbi_lens.nn.weight_average); None: the live weights.
+    weight_average_epochs: float | None = Field(None, gt=0)
     seed: int = 0
     flow: FlowSettings = FlowSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()

@@ -146,6 +146,39 @@ class WeightAverage(nn.Module):
         _copy(self._averages(), tensors)
         self._seen = tuple(tensor_version(t) for t in tensors)
 
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def state(self) -> dict:
+        """What a training checkpoint needs to continue the average exactly.
+
+        Take it at an epoch's end, with the live weights in place (training mode):
+        they count as averaged in already, as they do after ``swap_out``.
+        """
+        return {
+            "averages": [a.detach().clone() for a in self._averages()],
+            "updates": self.updates,
+            "steps_per_epoch": self._steps_per_epoch,
+        }
+
+    @torch.no_grad()
+    def load_state(self, owner: nn.Module, state: dict) -> None:
+        """Continue from :meth:`state`; the owner already holds the checkpoint's live weights."""
+        tensors = self._tracked(owner)
+        averages = state["averages"]
+        if len(averages) != len(tensors):
+            raise ValueError(
+                f"the checkpoint's weight average has {len(averages)} tensors, the model "
+                f"{len(tensors)}: it was saved from another architecture"
+            )
+        for i, (average, t) in enumerate(zip(averages, tensors, strict=True)):
+            self.register_buffer(f"avg_{i}", average.to(t), persistent=False)
+        self._count = len(tensors)
+        self.updates = int(state["updates"])
+        self._steps_per_epoch = state["steps_per_epoch"]
+        self._steps_in_phase = 0
+        self._live = None
+        self._seen = tuple(tensor_version(t) for t in tensors)
+
     def extra_repr(self) -> str:
         return f"epochs={self.epochs:g}, updates={self.updates}"
 
