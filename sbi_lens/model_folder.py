@@ -174,7 +174,11 @@ class ModelFolder:
             simulation=parse_config(
                 yaml.safe_load(raw["simulation_config"]), f"{source}:simulation_config"
             ),
-            train=parse_train_config(raw["train_config"], f"{source}:train_config"),
+            train=parse_train_config(
+                # written before the option existed: trained without a weight average
+                {"weight_average_epochs": None, **raw["train_config"]},
+                f"{source}:train_config",
+            ),
             raw=raw,
         )
 

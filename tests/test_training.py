@@ -180,6 +180,12 @@ def test_model_folder_round_trip_needs_no_data(trained, ring_store, tmp_path, mo
     assert info.bands == ring_store.layout.bands and info.image_shape == (32, 32)
     assert info.pixel_scale == ring_store.layout.pixel_scale
     assert info.simulation == ring_store.config and info.train == SMALL
+    assert info.train.weight_average_epochs == 2.0  # the default, recorded
+    # a model.json from before the weight average existed was trained without one
+    raw = json.loads((copy / "model.json").read_text())
+    del raw["train_config"]["weight_average_epochs"]
+    (copy / "model.json").write_text(json.dumps(raw))
+    assert ModelFolder(copy).info.train.weight_average_epochs is None
     assert info.raw["status"] == "trained" and info.raw["best_epoch"] == trained.best_epoch
     # The trained estimator, the way training builds it (from data), with the best weights.
     norm_theta, norm_x = normalisation_batch(ring_store, ring_store.completed_chunks(), 256)

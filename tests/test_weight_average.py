@@ -192,10 +192,10 @@ def test_rejects_a_non_positive_horizon():
         WeightAverage(epochs=0.0)
 
 
-def test_the_drop_in_averages_by_default_and_sbi_lens_train_does_not():
-    """sbi's loop gets the average (spline_flow's default); ``sbi-lens train``'s estimator
-    has none, so its checkpoints hold the live weights (exact resume) and its cosine
-    schedule is what anneals."""
+def test_both_paths_average_by_default_and_a_rebuilt_model_does_not_need_to():
+    """spline_flow (sbi's loop) and ``sbi-lens train`` average over 2 epochs by default,
+    or as configured; a model rebuilt for inference has no average: its saved weights
+    are the average already."""
     import yaml
     from conftest import TINY_SIMULATION
 
@@ -213,5 +213,7 @@ def test_the_drop_in_averages_by_default_and_sbi_lens_train_does_not():
     train = TrainConfig(embedding=EmbeddingSettings(widths=(4, 8), out_features=8))
     theta = LensPrior(simulation.prior).sample((16,))
     x = torch.rand(16, 2, 32, 32, generator=g)
-    assert build_estimator(simulation, train, theta, x).weight_average is None
+    assert build_estimator(simulation, train, theta, x).weight_average.epochs == 2.0
+    off = train.model_copy(update={"weight_average_epochs": None})
+    assert build_estimator(simulation, off, theta, x).weight_average is None
     assert rebuild_estimator(simulation, train, 2, (32, 32)).weight_average is None
