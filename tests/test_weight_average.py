@@ -217,3 +217,20 @@ def test_both_paths_average_by_default_and_a_rebuilt_model_does_not_need_to():
     off = train.model_copy(update={"weight_average_epochs": None})
     assert build_estimator(simulation, off, theta, x).weight_average is None
     assert rebuild_estimator(simulation, train, 2, (32, 32)).weight_average is None
+
+
+def test_cost_benchmark_prints_one_line(capsys):
+    """benchmarks/weight_average_cost.py runs at a tiny size and prints its JSON line."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "weight_average_cost.py"
+    spec = importlib.util.spec_from_file_location("weight_average_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--size", "32", "--batch", "8", "--steps", "2", "--rounds", "1"]
+    assert module.main(argv) == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["benchmark"] == "weight_average_cost" and record["shape"] == [8, 1, 32, 32]
+    assert set(record["ms_per_step"]) == {"with_average", "without"} and record["ratio"] > 0
