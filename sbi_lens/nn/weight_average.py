@@ -65,7 +65,7 @@ class WeightAverage(nn.Module):
     def _tracked(self, owner: nn.Module) -> list[Tensor]:
         """The owner's floating parameters and buffers, this module's own excluded."""
         own = {id(t) for t in self.buffers()}
-        tensors = [p for p in owner.parameters()]
+        tensors = list(owner.parameters())
         tensors += [b for b in owner.buffers() if b.is_floating_point() and id(b) not in own]
         return tensors
 
