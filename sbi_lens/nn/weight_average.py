@@ -72,6 +72,12 @@ class WeightAverage(nn.Module):
     def _averages(self) -> list[Tensor]:
         return [getattr(self, f"avg_{i}") for i in range(self._count)]
 
+    def _store(self, values: list[Tensor]) -> None:
+        """Make ``values`` the averages (non-persistent buffers avg_0 … avg_{n-1})."""
+        for i, value in enumerate(values):
+            self.register_buffer(f"avg_{i}", value, persistent=False)
+        self._count = len(values)
+
     @property
     def is_swapped_in(self) -> bool:
         """Whether the owner's tensors currently hold the averaged values."""
@@ -96,9 +102,7 @@ class WeightAverage(nn.Module):
         if versions == self._seen:
             return
         if self.updates == 0:
-            self._count = len(tensors)
-            for i, t in enumerate(tensors):
-                self.register_buffer(f"avg_{i}", t.detach().clone(), persistent=False)
+            self._store([t.detach().clone() for t in tensors])
         else:
             weight = 1.0 - self.decay()
             for average, t in zip(self._averages(), tensors, strict=True):
@@ -170,9 +174,7 @@ class WeightAverage(nn.Module):
                 f"the checkpoint's weight average has {len(averages)} tensors, the model "
                 f"{len(tensors)}: it was saved from another architecture"
             )
-        for i, (average, t) in enumerate(zip(averages, tensors, strict=True)):
-            self.register_buffer(f"avg_{i}", average.to(t), persistent=False)
-        self._count = len(tensors)
+        self._store([average.to(t) for average, t in zip(averages, tensors, strict=True)])
         self.updates = int(state["updates"])
         self._steps_per_epoch = state["steps_per_epoch"]
         self._steps_in_phase = 0
