@@ -63,6 +63,30 @@ def _rates(p: np.ndarray) -> dict:
     }
 
 
+def ood_cases(store_path: str, num: int, seed: int) -> dict[str, np.ndarray]:
+    """The cases above, as (N, bands, H, W) images: the first ``num`` lenses of the
+    store, shifted with ``numpy.random.default_rng(seed)``."""
+    from sbi_lens.arc_render import render_without_source, store_population
+    from sbi_lens.simulator import LensSimulator
+    from sbi_lens.store import SimulationStore
+
+    store = SimulationStore.open(store_path)
+    theta, x = store.load(limit=num)
+    simulator = LensSimulator(store.config)
+    nuisance = store_population(store, simulator, np.arange(len(x)))
+    rng = np.random.default_rng(seed)
+    rms = simulator.noise_rms(np.maximum(x, 0.0), simulator.noise_scale(nuisance))
+    shifted = x.copy()
+    shifted[:, -1] = np.roll(shifted[:, -1], 1, axis=-1)
+    return {
+        "clean": x,
+        "saturated_star": _with_star(x, simulator.background_rms, rng),
+        "noise_x3": (x + np.sqrt(8.0) * rms * rng.standard_normal(x.shape)).astype(np.float32),
+        "band_shift_1px": shifted,
+        "no_lensed_source": render_without_source(simulator, theta, nuisance, rng),
+    }
+
+
 def _refit(folder, net, train_store: str):
     """(OODChecks, seconds) fitted as training's end fits them."""
     from sbi_lens.ood import fit_references
@@ -90,10 +114,7 @@ def main() -> None:
     parser.add_argument("--refit", metavar="TRAIN_STORE", default=None)
     args = parser.parse_args()
 
-    from sbi_lens.arc_render import render_without_source, store_population
     from sbi_lens.model_folder import ModelFolder
-    from sbi_lens.simulator import LensSimulator
-    from sbi_lens.store import SimulationStore
 
     start = time.perf_counter()
     folder = ModelFolder(args.model)
@@ -101,21 +122,7 @@ def main() -> None:
     checks, refit_seconds = folder.load_ood_checks(), None
     if args.refit is not None:
         checks, refit_seconds = _refit(folder, net, args.refit)
-    store = SimulationStore.open(args.store)
-    theta, x = store.load(limit=args.num)
-    simulator = LensSimulator(store.config)
-    nuisance = store_population(store, simulator, np.arange(len(x)))
-    rng = np.random.default_rng(args.seed)
-    rms = simulator.noise_rms(np.maximum(x, 0.0), simulator.noise_scale(nuisance))
-    shifted = x.copy()
-    shifted[:, -1] = np.roll(shifted[:, -1], 1, axis=-1)
-    cases = {
-        "clean": x,
-        "saturated_star": _with_star(x, simulator.background_rms, rng),
-        "noise_x3": (x + np.sqrt(8.0) * rms * rng.standard_normal(x.shape)).astype(np.float32),
-        "band_shift_1px": shifted,
-        "no_lensed_source": render_without_source(simulator, theta, nuisance, rng),
-    }
+    cases = ood_cases(args.store, args.num, args.seed)
     rates = {}
     for name, images in cases.items():
         pvalues = checks.pvalues(net, images)
@@ -137,7 +144,7 @@ def main() -> None:
                 "benchmark": "ood",
                 "model": args.model,
                 "store": args.store,
-                "num_lenses": len(x),
+                "num_lenses": len(cases["clean"]),
                 "refit_seconds": refit_seconds,
                 "rates": rates,
                 "seconds": round(time.perf_counter() - start, 1),

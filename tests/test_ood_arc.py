@@ -86,6 +86,36 @@ def test_combined_pvalue_is_a_weighted_bonferroni_and_valid():
     assert check_levels(0.05, ["embedding", "arc"])["arc"] == pytest.approx(0.05 * w["arc"] / total)
 
 
+def test_the_weight_benchmark_scores_weightings_as_combine_pvalues_flags():
+    """benchmarks/ood_weights.py: its grid keeps shares summing to 1 with the catch-all
+    at its floor or above, and its flag rates are combine_pvalues' at α = 0.05."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ood_weights.py"
+    spec = importlib.util.spec_from_file_location("ood_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    grid = list(module.weight_grid(0.05, min_embedding=0.15))
+    assert dict(CHECK_WEIGHTS) in grid
+    for weights in grid:
+        assert sum(weights.values()) == pytest.approx(1.0)
+        assert weights["embedding"] >= 0.15 - 1e-9 and weights["arc"] >= 0.3 - 1e-9
+    rng = np.random.default_rng(1)
+    p = {name: rng.uniform(size=5000) ** 2 for name in module.CHECKS}
+    rows = np.arange(1000, 5000)
+    rate = module.flagged_rates({"case": p}, dict(CHECK_WEIGHTS), rows)["case"]
+    combined = combine_pvalues(
+        p["embedding"], p["arc"], noise=p["noise"], registration=p["registration"]
+    )
+    assert rate == pytest.approx(np.mean(combined[rows] < 0.05), abs=1e-4)
+
+
 def test_causes_name_each_check_below_its_share():
     p = CutoutPvalues(
         embedding=np.array([0.5, 0.001, 0.5, 0.5]),
