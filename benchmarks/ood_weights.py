@@ -6,13 +6,16 @@ p-value is computed once per lens; every weighting on a grid (the embedding test
 the registration check's shares in steps of 0.05, the noise check's fixed, the arc check
 taking the rest) is then scored on the first half of the lenses by its smallest
 detection rate over the four shifts at ``ood_pvalue`` < 0.05, among weightings that
-leave the embedding test, the catch-all, at least ``--min-embedding``. The best one and
-today's ``CHECK_WEIGHTS`` are reported on both halves: the second half is the
-confirmation. The weighted Bonferroni combination keeps false alarms at 5 % whatever
-the shares, which the ``clean`` rates show.
+leave the embedding test, the catch-all, at least ``--min-embedding`` (0.2 by default:
+for the shipped model a saturated star's embedding p-value is 0.002, as three of its
+2,048 validation lenses score higher, so at ``infer``'s warning threshold of 0.01 a
+share below 0.2 lets most stars through: 28 % flagged at 0.15, 97 % at 0.2). The best
+one and today's ``CHECK_WEIGHTS`` are reported on both halves at 0.05 (the second half
+is the confirmation), and on all lenses at 0.01. The weighted Bonferroni combination keeps
+false alarms at the threshold whatever the shares, which the ``clean`` rates show.
 
 Prints one JSON line. Usage:
-``python benchmarks/ood_weights.py MODEL STORE [--num 2000] [--seed 0] [--min-embedding 0.15]``.
+``python benchmarks/ood_weights.py MODEL STORE [--num 2000] [--seed 0] [--min-embedding 0.2]``.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ SHIFTS = ("saturated_star", "noise_x3", "band_shift_1px", "no_lensed_source")
 ALPHA = 0.05
 
 
-def flagged_rates(pvalues: dict, weights: dict, rows: np.ndarray) -> dict[str, float]:
-    """Per case, the fraction of ``rows`` flagged at ``ALPHA`` by the weighted
+def flagged_rates(pvalues: dict, weights: dict, rows: np.ndarray, alpha: float = ALPHA):
+    """Per case, the fraction of ``rows`` flagged at ``alpha`` by the weighted
     Bonferroni combination min_k p_k / w_k (``weights`` sum to 1)."""
     rates = {}
     for case, by_check in pvalues.items():
         scaled = np.min([by_check[name][rows] / weights[name] for name in CHECKS], axis=0)
-        rates[case] = round(float(np.mean(scaled < ALPHA)), 4)
+        rates[case] = round(float(np.mean(scaled < alpha)), 4)
     return rates
 
 
@@ -63,7 +66,7 @@ def main() -> None:
     parser.add_argument("store")
     parser.add_argument("--num", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-embedding", type=float, default=0.15)
+    parser.add_argument("--min-embedding", type=float, default=0.2)
     args = parser.parse_args()
 
     from sbi_lens.model_folder import ModelFolder
@@ -88,8 +91,12 @@ def main() -> None:
 
     grid = list(weight_grid(CHECK_WEIGHTS["noise"], args.min_embedding))
     best = max(grid, key=score)
+    every = np.arange(num)
     report = {
-        name: {half: flagged_rates(pvalues, weights, rows) for half, rows in halves.items()}
+        name: {
+            **{half: flagged_rates(pvalues, weights, rows) for half, rows in halves.items()},
+            "all_at_0.01": flagged_rates(pvalues, weights, every, alpha=0.01),
+        }
         for name, weights in (("current", dict(CHECK_WEIGHTS)), ("best", best))
     }
     print(

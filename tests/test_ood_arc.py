@@ -101,11 +101,11 @@ def test_the_weight_benchmark_scores_weightings_as_combine_pvalues_flags():
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent))
-    grid = list(module.weight_grid(0.05, min_embedding=0.15))
+    grid = list(module.weight_grid(0.05, min_embedding=0.2))
     assert dict(CHECK_WEIGHTS) in grid
     for weights in grid:
         assert sum(weights.values()) == pytest.approx(1.0)
-        assert weights["embedding"] >= 0.15 - 1e-9 and weights["arc"] >= 0.3 - 1e-9
+        assert weights["embedding"] >= 0.2 - 1e-9 and weights["arc"] >= 0.3 - 1e-9
     rng = np.random.default_rng(1)
     p = {name: rng.uniform(size=5000) ** 2 for name in module.CHECKS}
     rows = np.arange(1000, 5000)
