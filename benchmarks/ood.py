@@ -63,6 +63,16 @@ def _rates(p: np.ndarray) -> dict:
     }
 
 
+def case_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark of these cases takes: MODEL STORE --num --seed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("store")
+    parser.add_argument("--num", type=int, default=2000, help="lenses of STORE")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shifts")
+    return parser
+
+
 def ood_cases(store_path: str, num: int, seed: int) -> dict[str, np.ndarray]:
     """The cases above, as (N, bands, H, W) images: the first ``num`` lenses of the
     store, shifted with ``numpy.random.default_rng(seed)``."""
@@ -106,11 +116,7 @@ def _refit(folder, net, train_store: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("store")
-    parser.add_argument("--num", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = case_parser(__doc__)
     parser.add_argument("--refit", metavar="TRAIN_STORE", default=None)
     args = parser.parse_args()
 

@@ -20,7 +20,6 @@ Prints one JSON line. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood import ood_cases  # noqa: E402
+from ood import case_parser, ood_cases  # noqa: E402
 
 CHECKS = ("embedding", "arc", "registration", "noise")
 SHIFTS = ("saturated_star", "noise_x3", "band_shift_1px", "no_lensed_source")
@@ -61,11 +60,7 @@ def weight_grid(noise_share: float, min_embedding: float, min_arc: float = 0.3):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("store")
-    parser.add_argument("--num", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = case_parser(__doc__)
     parser.add_argument("--min-embedding", type=float, default=0.2)
     args = parser.parse_args()
 
