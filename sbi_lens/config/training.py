@@ -23,8 +23,8 @@ class FlowSettings(_Strict):
 
     num_blocks: int = Field(5, ge=1, le=20)
     # 64 since issue 12: +0.094 ± 0.025 nats held-out log q (paired) over 128 with
-    # `sbi-lens train` on 20,000 lsst_gri lenses, where 128 overfitted; +0.001 ± 0.021
-    # on one band (docs/estimator.md). The conditioner also samples ~1.3× faster.
+    # `sbi-lens train` on 20,000 lsst_gri lenses, where 128 overfitted; +0.088 ± 0.022
+    # and +0.001 ± 0.021 on two one-band seeds (docs/estimator.md). It samples ~1.3× faster.
     hidden_features: int = Field(64, ge=8)
     num_bins: int = Field(8, ge=2, le=64)
     num_residual_blocks: int = Field(1, ge=1, le=8)
