@@ -108,3 +108,17 @@ def write_ring_store(path, num=512, chunk_size=64, size=32, seed=0, ring=20.0):
         x = np.stack(bands, axis=1) + rng.normal(size=(n, 3, size, size))
         store.write_chunk(k, theta, x.astype(np.float32), np.zeros((n, 1), np.float32))
     return SimulationStore.open(path)
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -1,16 +1,14 @@
 """benchmarks/converged.py and converged_table.py (issue 12): runs end to end at tiny
 size, moves densities between parameter spaces exactly, combines seeds correctly."""
 
-import importlib.util
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_ring_store
+from conftest import load_benchmark, write_ring_store
 from torch.distributions import LogNormal, Normal, Uniform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,17 +26,8 @@ KEYS = {
 }  # fmt: skip
 
 
-def _load(name):
-    """A benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-converged = _load("converged")
-table = _load("converged_table")
+converged = load_benchmark("converged")
+table = load_benchmark("converged_table")
 
 
 @pytest.fixture(scope="module")

@@ -89,18 +89,9 @@ def test_combined_pvalue_is_a_weighted_bonferroni_and_valid():
 def test_the_weight_benchmark_scores_weightings_as_combine_pvalues_flags():
     """benchmarks/ood_weights.py: its grid keeps shares summing to 1 with the catch-all
     at its floor or above, and its flag rates are combine_pvalues' at α = 0.05."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ood_weights.py"
-    spec = importlib.util.spec_from_file_location("ood_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    module = load_benchmark("ood_weights")
     grid = list(module.weight_grid(0.05, min_embedding=0.2))
     assert dict(CHECK_WEIGHTS) in grid
     for weights in grid:

@@ -221,14 +221,11 @@ def test_both_paths_average_by_default_and_a_rebuilt_model_does_not_need_to():
 
 def test_cost_benchmark_prints_one_line(capsys):
     """benchmarks/weight_average_cost.py runs at a tiny size and prints its JSON line."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "weight_average_cost.py"
-    spec = importlib.util.spec_from_file_location("weight_average_cost", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from conftest import load_benchmark
+
+    module = load_benchmark("weight_average_cost")
     argv = ["--size", "32", "--batch", "8", "--steps", "2", "--rounds", "1"]
     assert module.main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip())
